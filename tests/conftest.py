@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and scenarios; CPU only; no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """Keep torch to the machine's cores; tests are small and run serially."""
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def default_scenario():
+    from unlearn_gym.data import load_scenario
+
+    return load_scenario("default")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mnist_22k.npz").is_file():
+        pytest.skip(
+            f"real MNIST/Fashion-MNIST .npz files not found at {SHARED_DATA} (a fresh clone has no ../shared/data)"
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, default_scenario) -> Path:
+    """A `tiny` DDPM pretrained for 40 steps on the default scenario (a real, if crude, model)."""
+    from unlearn_gym.models.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    pretrain(
+        default_scenario,
+        out,
+        preset="tiny",
+        config=PretrainConfig(steps=40, batch_size=8, lr=2e-3, warmup_steps=5, seed=0),
+        scenario_args={"contamination": 0.3, "seed": 0},
+        progress=False,
+        tensorboard=False,
+    )
+    (out / "train_state.safetensors").unlink()
+    return out

@@ -1,0 +1,27 @@
+"""unlearn-gym: machine unlearning of diffusion models as Gymnasium environments.
+
+Importing this package registers the envs with Gymnasium and is cheap: it imports neither torch
+nor diffusers (they load when an env is made)::
+
+    import gymnasium as gym
+    import unlearn_gym  # noqa: F401  (or: gym.make("unlearn_gym:SISS-v0"))
+
+    env = gym.make("unlearn_gym/SISS-v0")
+"""
+
+from gymnasium.envs.registration import register, registry
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
+
+
+def _register() -> None:
+    # "unlearn_gym/SISS-v0" is the id; "SISS-v0" is the name that gymnasium.make("unlearn_gym:SISS-v0")
+    # looks up after importing this module.
+    for env_id in ("unlearn_gym/SISS-v0", "SISS-v0"):
+        if env_id not in registry:
+            register(id=env_id, entry_point="unlearn_gym.envs.siss_env:SISSEnv", max_episode_steps=100)
+
+
+_register()

@@ -1,0 +1,436 @@
+"""The ``unlearn-gym`` command line: pretrain, train-classifier, evaluate.
+
+Progress bars and messages go to stderr; with ``--json`` stdout holds only one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: CUDA is not available here; use --device cpu or auto")
+    return name
+
+
+def _add_scenario_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scenario")
+    g.add_argument("--scenario", default="default", choices=["default", "mnist-trousers", "npz"])
+    g.add_argument("--contamination", type=float, default=0.3, help="share k/(n1+k) of label 1 that is contaminant")
+    g.add_argument("--forget-size", type=int, default=None, help="number k of contaminants (overrides --contamination)")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the scenario's shuffles and splits")
+    g.add_argument(
+        "--data-dir", default=None, help="mnist-trousers: folder with mnist_22k.npz and fashion_mnist_trousers.npz"
+    )
+    g.add_argument("--torchvision-root", default=None, help="mnist-trousers: torchvision MNIST/FashionMNIST root")
+    g.add_argument("--download", action="store_true", help="let torchvision download into --torchvision-root")
+    g.add_argument("--retain-npz", default=None, help="npz: retain set file")
+    g.add_argument("--forget-npz", default=None, help="npz: forget set file")
+
+
+def _scenario_kwargs(args: argparse.Namespace) -> dict:
+    kw = {"contamination": args.contamination, "forget_size": args.forget_size, "seed": args.data_seed}
+    for key in ("data_dir", "torchvision_root", "retain_npz", "forget_npz"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    if args.download:
+        kw["download"] = True
+    return kw
+
+
+def _load_scenario(args: argparse.Namespace):
+    from .data import ScenarioDataError, load_scenario
+
+    kw = _scenario_kwargs(args)
+    try:
+        return load_scenario(args.scenario, **kw), kw
+    except ScenarioDataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# -- pretrain ------------------------------------------------------------------------------------
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .models.pretrain import PretrainConfig, pretrain
+
+    _set_threads(args.threads)
+    scenario, kw = _load_scenario(args)
+    print(f"scenario {scenario.name}: {scenario.sizes()}", file=sys.stderr)
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    result = pretrain(
+        scenario,
+        args.out,
+        preset=args.preset,
+        config=config,
+        device=_resolve_device(args.device),
+        resume=not args.no_resume,
+        scenario_args={"name": scenario.name, **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}},
+        progress=not args.no_progress,
+    )
+    summary = {
+        "out": str(result.out),
+        "step": result.step,
+        "first_loss": result.first_loss,
+        "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+# -- train-classifier ----------------------------------------------------------------------------
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from .metrics.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+
+    _set_threads(args.threads)
+    scenario, kw = _load_scenario(args)
+    config = ClassifierTrainConfig(epochs=args.epochs, seed=args.seed)
+    model, report = train_classifier(scenario, config, progress=not args.no_progress)
+    save_classifier(
+        model, args.out, {"scenario": {"name": scenario.name, **{k: str(v) for k, v in kw.items()}}, "report": report}
+    )
+    print(json.dumps({"out": args.out, **report}))
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+
+def _resolve_classifier_dir(checkpoint: Path, config: dict, explicit: str | None) -> Path:
+    from .assets import bundled_classifier_dir
+
+    if explicit:
+        return Path(explicit)
+    if (checkpoint / "classifier").is_dir():
+        return checkpoint / "classifier"
+    if config.get("scenario", {}).get("name") == "default":
+        return bundled_classifier_dir()
+    raise SystemExit(
+        f"error: no classifier for {checkpoint}: pass --classifier DIR, or train one with "
+        "`unlearn-gym train-classifier --scenario ... --out DIR`"
+    )
+
+
+def _format_table(figures: dict, class_names: list[str]) -> str:
+    lines = [
+        f"forget_rate                  {figures['forget_rate']:.3f}   (label-{figures['contaminated_label']} samples "
+        f"classified as {figures['contaminant']!r}; lower = more forgotten)",
+        f"retain_accuracy              {figures['retain_accuracy']:.3f}   (other labels classified as themselves)",
+        f"contaminated_label_accuracy  {figures['contaminated_label_accuracy']:.3f}",
+        "",
+        "label |   n  | accuracy | classified as",
+        "------+------+----------+--------------",
+    ]
+    for y, row in figures["per_label"].items():
+        counts = ", ".join(f"{k}:{v}" for k, v in sorted(row["counts"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"{y:>5} | {row['n']:>4} | {row['accuracy']:>8.3f} | {counts}")
+    s = figures["seconds"]
+    lines.append("")
+    lines.append(
+        f"{figures['samples_per_label']} samples per label, {figures['ddim_steps']} DDIM steps, seed {figures['seed']}; "
+        f"{s['total']:.1f} s ({s['sampling']:.1f} s sampling)"
+    )
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from torchvision.utils import save_image
+
+    from .assets import bundled_model_dir
+    from .metrics.classifier import load_classifier
+    from .metrics.forget import evaluate_model
+    from .models.checkpoint import CheckpointError, load_model
+
+    _set_threads(args.threads)
+    device = _resolve_device(args.device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_model_dir()
+    try:
+        unet, config = load_model(checkpoint, device)
+        classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    scen = config["scenario"]
+    ev = evaluate_model(
+        unet,
+        classifier,
+        num_labels=scen["num_labels"],
+        contaminated_label=scen["contaminated_label"],
+        contaminant_class=scen["contaminant_class"],
+        samples_per_label=args.samples,
+        num_inference_steps=args.ddim_steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        scheduler_config=config.get("scheduler"),
+        progress=not args.no_progress,
+    )
+    figures = {
+        "checkpoint": str(checkpoint),
+        "scenario": scen["name"],
+        "contaminated_label": scen["contaminated_label"],
+        "contaminant": classifier.class_names[scen["contaminant_class"]],
+        "device": device,
+        **ev.figures,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # sample grid: one row per label, the first `columns` samples of each
+    per, cols = args.samples, min(args.samples, 10)
+    rows = torch.stack([ev.images[y * per : y * per + cols] for y in range(scen["num_labels"])])
+    grid_path = out / "samples.png"
+    save_image(rows.flatten(0, 1).cpu() * 0.5 + 0.5, grid_path, nrow=cols, padding=2, pad_value=0.5)
+    figures["grid"] = str(grid_path)
+    from .models.checkpoint import write_json_atomic
+
+    write_json_atomic(figures, out / "evaluation.json")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(_format_table(figures, list(classifier.class_names)))
+        print(f"\nsample grid: {grid_path}\nfigures:     {out / 'evaluation.json'}")
+    return 0
+
+
+# -- unlearn -------------------------------------------------------------------------------------
+
+
+def _parse_policy(spec: str) -> float:
+    kind, _, value = spec.partition(":")
+    if kind != "static":
+        raise SystemExit(f"error: --policy: expected 'static:LAMBDA' (e.g. static:0.5), got {spec!r}")
+    try:
+        lam = float(value)
+    except ValueError:
+        raise SystemExit(f"error: --policy static:LAMBDA needs a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= lam <= 1.0:
+        raise SystemExit(f"error: --policy static:LAMBDA needs LAMBDA in [0, 1], got {lam}")
+    return lam
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .assets import bundled_model_dir
+    from .metrics.classifier import load_classifier
+    from .metrics.forget import evaluate_model
+    from .models.checkpoint import CheckpointError, load_model_config, save_model, write_json_atomic
+
+    lam = _parse_policy(args.policy)
+    _set_threads(args.threads)
+    device = _resolve_device(args.device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_model_dir()
+    try:
+        config = load_model_config(checkpoint)
+        classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    env = gym.make(
+        "unlearn_gym/SISS-v0",
+        max_episode_steps=args.steps,
+        checkpoint=str(checkpoint),
+        horizon=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=device,
+    )
+    env.reset(seed=args.seed)
+    unet = env.unwrapped.engine.unet  # read-only here: evaluation of the env's model
+    scen = config["scenario"]
+    eval_kw = dict(
+        num_labels=scen["num_labels"],
+        contaminated_label=scen["contaminated_label"],
+        contaminant_class=scen["contaminant_class"],
+        samples_per_label=args.samples,
+        num_inference_steps=args.ddim_steps,
+        seed=args.eval_seed,
+        scheduler_config=config.get("scheduler"),
+        progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    before = evaluate_model(unet, classifier, **eval_kw)
+    t1 = time.perf_counter()
+    action = np.array([2.0 * lam - 1.0], dtype=np.float32)
+    episode_return, lams, diverged = 0.0, [], False
+    for _ in tqdm(range(args.steps), desc=f"unlearn static:{lam}", disable=args.no_progress, dynamic_ncols=True):
+        _, reward, terminated, truncated, info = env.step(action)
+        episode_return += reward
+        lams.append(info["lam"])
+        if terminated:
+            diverged = True
+            break
+    t2 = time.perf_counter()
+    after = evaluate_model(unet, classifier, **eval_kw)
+    t3 = time.perf_counter()
+    out = Path(args.out)
+    model_dir = save_model(
+        unet, out / "model", {**config, "unlearn": {"policy": args.policy, "steps": len(lams), "seed": args.seed}}
+    )
+    result = {
+        "policy": args.policy,
+        "steps": len(lams),
+        "diverged": diverged,
+        "return": episode_return,
+        "final_info": {k: v for k, v in info.items() if isinstance(v, (int, float, bool))},
+        "before": before.figures,
+        "after": after.figures,
+        "seconds": {
+            "evaluate_before": round(t1 - t0, 2),
+            "unlearn": round(t2 - t1, 2),
+            "evaluate_after": round(t3 - t2, 2),
+        },
+        "model": str(model_dir),
+        "device": device,
+    }
+    write_json_atomic(result, out / "unlearn.json")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        b, a = before.figures, after.figures
+        print(
+            f"policy {args.policy}, {len(lams)} SISS steps{' (diverged)' if diverged else ''}, return {episode_return:.4f}"
+        )
+        print("                  before   after")
+        print(f"forget_rate       {b['forget_rate']:.3f}   {a['forget_rate']:.3f}")
+        print(f"retain_accuracy   {b['retain_accuracy']:.3f}   {a['retain_accuracy']:.3f}")
+        print(f"unlearned model: {model_dir}")
+    return 0
+
+
+# -- perf ----------------------------------------------------------------------------------------
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import profile_step
+
+    _set_threads(args.threads)
+    result = profile_step(args.preset, args.batch, _resolve_device(args.device), repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:16} {v}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlearn-gym", description="Machine unlearning of diffusion models as Gymnasium environments."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain a class-conditional DDPM on a scenario (resumable)")
+    _add_scenario_args(p)
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a train state")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train-classifier", help="train the evaluation classifier on a scenario")
+    _add_scenario_args(p)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("evaluate", help="sample a model and report forget rate and retain accuracy")
+    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled default model)")
+    p.add_argument(
+        "--classifier", default=None, help="classifier directory (default: CHECKPOINT/classifier or bundled)"
+    )
+    p.add_argument("--samples", type=int, default=200, help="samples per label")
+    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/evaluate", help="folder for samples.png and evaluation.json")
+    p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("unlearn", help="run a λ-policy through SISS-v0 and evaluate before and after")
+    p.add_argument("--policy", default="static:0.5", help="static:LAMBDA")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled default model)")
+    p.add_argument("--classifier", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0, help="env seed (batches, probe)")
+    p.add_argument("--samples", type=int, default=200, help="evaluation samples per label")
+    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/unlearn")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

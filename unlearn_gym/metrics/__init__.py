@@ -1,0 +1,5 @@
+"""Evaluation: the scenario classifier, forget rate and retain accuracy."""
+
+from .classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
+
+__all__ = ["Classifier", "ClassifierTrainConfig", "load_classifier", "save_classifier", "train_classifier"]
