@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unlearn_gym.cli import main
+
+
+def _json_stdout(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads(out)  # stdout holds exactly one JSON object
+
+
+def test_import_is_quiet_and_light():
+    code = "import sys, unlearn_gym, gymnasium; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules)); print('unlearn_gym/SISS-v0' in gymnasium.registry)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.splitlines() == ["[]", "True"]
+    assert res.stderr == ""
+
+
+def test_evaluate_bundled_model_json(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--samples",
+                "2",
+                "--ddim-steps",
+                "2",
+                "--json",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    fig = _json_stdout(capsys)
+    assert fig["scenario"] == "default" and fig["contaminant"] == "7" and fig["samples_per_label"] == 2
+    assert 0.0 <= fig["forget_rate"] <= 1.0 and 0.0 <= fig["retain_accuracy"] <= 1.0
+    assert sorted(fig["per_label"], key=int) == [str(i) for i in range(10)]
+    assert all(row["n"] == 2 and sum(row["counts"].values()) == 2 for row in fig["per_label"].values())
+    assert set(fig["seconds"]) == {"sampling", "classify", "total"}
+    assert (tmp_path / "samples.png").is_file()
+    assert json.loads((tmp_path / "evaluation.json").read_text())["forget_rate"] == fig["forget_rate"]
+
+
+def test_evaluate_table_output(tmp_path, capsys):
+    main(
+        ["evaluate", "--samples", "1", "--ddim-steps", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert "forget_rate" in out and "retain_accuracy" in out and "samples.png" in out
+
+
+def test_pretrain_then_evaluate_then_unlearn(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    main(
+        [
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(ckpt),
+            "--no-progress",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 3 and (ckpt / "model.safetensors").is_file()
+    main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--samples",
+            "1",
+            "--ddim-steps",
+            "1",
+            "--json",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
+    assert _json_stdout(capsys)["checkpoint"] == str(ckpt)
+    main(
+        ["unlearn", "--policy", "static:0.5", "--steps", "2", "--checkpoint", str(ckpt), "--batch-size", "4", "--samples", "1",
+         "--ddim-steps", "1", "--json", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "un")]
+    )  # fmt: skip
+    res = _json_stdout(capsys)
+    assert res["steps"] == 2 and not res["diverged"]
+    assert set(res["before"]) >= {"forget_rate", "retain_accuracy"} and set(res["after"]) >= {
+        "forget_rate",
+        "retain_accuracy",
+    }
+    assert (tmp_path / "un" / "model" / "model.safetensors").is_file()
+
+
+def test_perf_reports_the_ratios(capsys):
+    main(["perf", "--preset", "tiny", "--batch", "4", "--repeats", "2", "--device", "cpu", "--json"])
+    res = _json_stdout(capsys)
+    for key in ("plain_ms", "siss_ms", "env_ms"):
+        assert res[key] > 0
+    assert res["siss_over_plain"] == pytest.approx(res["siss_ms"] / res["plain_ms"], rel=1e-2)
+    assert res["env_over_siss"] == pytest.approx(res["env_ms"] / res["siss_ms"], rel=1e-2)
+
+
+def test_user_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="expected 'static:LAMBDA'"):
+        main(["unlearn", "--policy", "linear:0.5"])
+    with pytest.raises(SystemExit, match=r"LAMBDA in \[0, 1\], got 1.5"):
+        main(["unlearn", "--policy", "static:1.5"])
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--samples must be >= 1, got 0"):
+        main(["evaluate", "--samples", "0"])
+    with pytest.raises(SystemExit, match="mnist-trousers"):
+        main(["pretrain", "--scenario", "mnist-trousers", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])

@@ -1,0 +1,286 @@
+"""The unlearning engine: owns the model, its optimizer, the data streams and the probe.
+
+``update(λ)`` performs one unlearning step (draw a batch, evaluate the objective, clip, AdamW,
+measure the fixed probe) and returns its statistics after exactly one device→host copy.
+``restore()`` puts the pretrained weights and a fresh optimizer state back in place on the device.
+Envs translate actions into λ and statistics into observations; they never touch the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.scenarios import ImageSet
+from .models.checkpoint import load_tensors, save_tensors_atomic
+from .models.unet import noise_schedule
+from .objectives.siss import OBJECTIVES, SISSConfig, draw_batch, global_norm
+
+__all__ = ["StepStats", "UnlearningEngine", "STAT_NAMES"]
+
+STAT_NAMES = (
+    "loss_r",  # ℓ_x: retain loss estimate of the step's batch
+    "loss_f",  # ℓ_a: forget loss estimate
+    "grad_r_norm",  # ‖g_x‖
+    "grad_f_norm",  # ‖g_a‖
+    "forget_share",  # share of the batch drawn from the forget set
+    "dloss_r_dlam",  # ∂ℓ_x/∂λ, samples held fixed
+    "dloss_f_dlam",  # ∂ℓ_a/∂λ
+    "update_norm",  # ‖g‖ of the combined direction before clipping
+    "probe_r",  # retain denoising loss on the fixed probe, after the step
+    "probe_f",  # forget denoising loss on the fixed probe, after the step
+)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Statistics of one update, as host floats (see ``STAT_NAMES`` for each field's meaning)."""
+
+    loss_r: float
+    loss_f: float
+    grad_r_norm: float
+    grad_f_norm: float
+    forget_share: float
+    dloss_r_dlam: float
+    dloss_f_dlam: float
+    update_norm: float
+    probe_r: float
+    probe_f: float
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.as_array())))
+
+    def as_array(self) -> np.ndarray:
+        return np.array([getattr(self, n) for n in STAT_NAMES], dtype=np.float64)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class UnlearningEngine:
+    """Model + AdamW + seeded retain/forget streams + a frozen on-device copy of the pretrained weights.
+
+    Args:
+        unet: the pretrained ε-prediction UNet (moved to ``device``; trained in place).
+        retain: retain images and labels (the data SISS keeps).
+        forget: forget images and labels (the data SISS removes).
+        config: objective and optimiser settings.
+        device: where everything lives.
+        probe_size: images per probe half (retain, forget); 0 disables the probe.
+        dataset_size: n of "superfactor" surgery (default |retain| + |forget|).
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        retain: ImageSet,
+        forget: ImageSet,
+        config: SISSConfig = SISSConfig(),
+        device: str | torch.device = "cpu",
+        probe_size: int = 8,
+        dataset_size: int | None = None,
+        scheduler_config: dict | None = None,
+    ):
+        if len(retain) == 0 or len(forget) == 0:
+            raise ValueError(
+                f"UnlearningEngine needs non-empty retain and forget sets, got {len(retain)} and {len(forget)}"
+            )
+        if probe_size < 0:
+            raise ValueError(f"probe_size must be >= 0, got {probe_size}")
+        self.device = torch.device(device)
+        self.config = config
+        self.unet = unet.to(self.device).train()
+        self.params = dict(self.unet.named_parameters())
+        self._param_list = list(self.params.values())
+        self._pretrained = [p.detach().clone() for p in self._param_list]
+        self.optimizer = torch.optim.AdamW(
+            self._param_list, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        sched = noise_schedule(scheduler_config)
+        self.gamma = sched.gamma.to(self.device, torch.float32)
+        self.sigma = sched.sigma.to(self.device, torch.float32)
+        self.num_timesteps = sched.num_timesteps
+        self.retain_images = retain.images.to(self.device)
+        self.retain_labels = retain.labels.to(self.device)
+        self.set_forget(forget)
+        self.dataset_size = dataset_size if dataset_size is not None else len(retain) + len(forget)
+        self.probe_size = probe_size
+        self.objective = OBJECTIVES[config.objective]
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(0)
+        self.step_count = 0
+        self._probe: tuple[torch.Tensor, ...] | None = None
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def set_forget(self, forget: ImageSet) -> None:
+        """Replace the forget set (e.g. another instance's subset)."""
+        if len(forget) == 0:
+            raise ValueError("the forget set must not be empty")
+        self.forget_images = forget.images.to(self.device)
+        self.forget_labels = forget.labels.to(self.device)
+
+    def seed(self, seed: int) -> None:
+        """Seed the data stream (batches) and redraw the fixed probe (images, t, ε) from it."""
+        self.generator.manual_seed(int(seed))
+        self._probe = self._draw_probe() if self.probe_size else None
+
+    def _draw_probe(self) -> tuple[torch.Tensor, ...]:
+        p, g = self.probe_size, self.generator
+        ir = torch.randint(len(self.retain_images), (p,), generator=g, device=self.device)
+        if_ = torch.randint(len(self.forget_images), (p,), generator=g, device=self.device)
+        x0 = torch.cat([self.retain_images[ir], self.forget_images[if_]])
+        y = torch.cat([self.retain_labels[ir], self.forget_labels[if_]])
+        t = torch.randint(self.num_timesteps, (2 * p,), generator=g, device=self.device)
+        eps = torch.randn(x0.shape, generator=g, device=self.device)
+        x_t = self.gamma[t].view(-1, 1, 1, 1) * x0 + self.sigma[t].view(-1, 1, 1, 1) * eps
+        return x_t, t, y, eps
+
+    @torch.no_grad()
+    def _probe_losses(self) -> torch.Tensor:
+        """(2,) retain and forget denoising losses mean Σ(ε_θ(x_t) − ε)² on the fixed probe."""
+        if self._probe is None:
+            return torch.full((2,), float("nan"), device=self.device)
+        x_t, t, y, eps = self._probe
+        err = (self.unet(x_t, t, class_labels=y).sample - eps).pow(2).flatten(1).sum(1)
+        return err.view(2, -1).mean(1)
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def evaluate(self, lam: float = 0.5, forget_scale: float = 1.0) -> StepStats:
+        """The statistics an update at λ would see, without changing the model or optimizer."""
+        batch = self._draw()
+        res = self.objective(
+            self.unet,
+            self.params,
+            batch,
+            lam,
+            self.gamma,
+            self.sigma,
+            self.config,
+            forget_scale,
+            self.dataset_size,
+            len(self.forget_images),
+        )
+        return self._to_host(res, global_norm(res.grads), self._probe_losses())
+
+    def _draw(self):
+        return draw_batch(
+            self.retain_images,
+            self.retain_labels,
+            self.forget_images,
+            self.forget_labels,
+            self.config.batch_size,
+            self.num_timesteps,
+            self.generator,
+            with_noise_target=self.config.objective == "erasediff",
+        )
+
+    def update(self, lam: float, forget_scale: float = 1.0) -> StepStats:
+        """One unlearning step at mixture weight λ and forget-strength multiplier ``forget_scale``.
+
+        1. draw x, a, t, ε, u from the engine's generator;
+        2. evaluate the objective (losses, g_x, g_a, surgery) at λ;
+        3. clip the combined gradient to ``config.clip_norm`` and take an AdamW step;
+        4. measure the fixed probe with the new weights;
+        5. copy one stats tensor to the host.
+        """
+        batch = self._draw()
+        res = self.objective(
+            self.unet,
+            self.params,
+            batch,
+            lam,
+            self.gamma,
+            self.sigma,
+            self.config,
+            forget_scale,
+            self.dataset_size,
+            len(self.forget_images),
+        )
+        for p, g in zip(self._param_list, res.grads):
+            p.grad = g
+        update_norm = torch.nn.utils.clip_grad_norm_(self._param_list, self.config.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return self._to_host(res, update_norm, self._probe_losses())
+
+    @staticmethod
+    def _to_host(res, update_norm: torch.Tensor, probe: torch.Tensor) -> StepStats:
+        stats = torch.stack(
+            [
+                res.loss_x,
+                res.loss_a,
+                res.grad_x_norm,
+                res.grad_a_norm,
+                res.forget_share,
+                res.dloss_x_dlam,
+                res.dloss_a_dlam,
+                update_norm.to(res.loss_x.dtype),
+                probe[0],
+                probe[1],
+            ]
+        ).to("cpu", torch.float64)  # the one host copy of the step
+        return StepStats(*stats.tolist())
+
+    # -- restore / save -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Pretrained weights and a fresh AdamW state, in place on the device (no allocation, no disk)."""
+        torch._foreach_copy_(self._param_list, self._pretrained)
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+        self.step_count = 0
+
+    def params_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self._param_list]).all())
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | dict]:
+        """A whole run: parameters, AdamW moments, generator state, probe, step."""
+        tensors: dict[str, torch.Tensor] = {f"param.{n}": p.detach() for n, p in self.params.items()}
+        for i, p in enumerate(self._param_list):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                tensors[f"opt.{i}.{k}"] = v
+        tensors["rng"] = self.generator.get_state()
+        if self._probe is not None:
+            for k, v in zip(("x_t", "t", "y", "eps"), self._probe):
+                tensors[f"probe.{k}"] = v
+        return {"tensors": tensors, "step": self.step_count, "config": asdict(self.config)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        tensors = state["tensors"]
+        for n, p in self.params.items():
+            p.copy_(tensors[f"param.{n}"])
+        opt_state = {}
+        for i in range(len(self._param_list)):
+            keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
+            if keys:
+                opt_state[i] = {k.split(".", 2)[2]: tensors[k].clone() for k in keys}
+        self.optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": self.optimizer.state_dict()["param_groups"]}
+        )
+        self.generator.set_state(tensors["rng"].to(torch.uint8).cpu())
+        if "probe.x_t" in tensors:
+            self._probe = tuple(tensors[f"probe.{k}"].to(self.device) for k in ("x_t", "t", "y", "eps"))
+        self.step_count = int(state["step"])
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`state_dict` to one safetensors file, atomically."""
+        state = self.state_dict()
+        save_tensors_atomic(
+            state["tensors"], path, metadata={"step": str(state["step"]), "config": json.dumps(state["config"])}
+        )
+
+    def load(self, path: str | Path) -> None:
+        tensors, meta = load_tensors(path, device=self.device)
+        self.load_state_dict({"tensors": tensors, "step": int(meta["step"])})

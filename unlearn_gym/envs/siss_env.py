@@ -1,0 +1,318 @@
+"""``unlearn_gym/SISS-v0``: one real SISS update of a pretrained class-conditional DDPM per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["SISSEnv", "SISSEnvConfig"]
+
+OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", "lam_prev", "progress")
+RESET_OPTIONS = ("instance",)
+
+
+@dataclass(frozen=True)
+class SISSEnvConfig:
+    """Every setting of :class:`SISSEnv` (each is also a keyword of ``gymnasium.make``)."""
+
+    checkpoint: str | None = None
+    """Pretrained model directory (``config.json`` + ``model.safetensors``); None = the bundled default."""
+    scenario_kwargs: dict | None = None
+    """Overrides of the scenario that the checkpoint's config names (e.g. ``{"data_dir": ...}``)."""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu", "cuda", "cuda:N"."""
+    action_mode: Literal["mixture", "forget-strength", "both"] = "mixture"
+    """What the action sets: the mixture weight λ, the forget strength (λ·``max_scale`` replaces S), or both."""
+    horizon: int = 100
+    """T: updates per episode (truncation); also the denominator of the progress feature t/T."""
+    objective: Literal["siss", "siss-no-is", "neggrad", "erasediff", "naive-deletion"] = "siss"
+    """The unlearning objective of each update."""
+    surgery: Literal["norm", "superfactor"] = "norm"
+    """Gradient surgery of SISS."""
+    scale: float = 5.0
+    """S of "norm" surgery (used as is in "mixture" mode)."""
+    max_scale: float = 10.0
+    """Forget strength at action +1 in "forget-strength"/"both" modes: S = λ_s·max_scale (0.5 ↦ 5 = the reference S)."""
+    mixture_lambda: float = 0.5
+    """λ used in "forget-strength" mode, and λ_{−1} at reset."""
+    batch_size: int = 64
+    """B: retain/forget pairs per update."""
+    lr: float = 5e-5
+    """AdamW learning rate."""
+    probe_size: int = 8
+    """Images per half (retain, forget) of the fixed reward probe."""
+    alpha: float = 0.01
+    """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
+    beta: float = 1.0
+    """Weight of the degradation penalty β·max(0, degradation_t)."""
+    divergence_penalty: float = 10.0
+    """Reward −divergence_penalty on the step that diverges (then ``terminated``)."""
+    obs_clip: float = 10.0
+    """Bound of every log-ratio feature and of the reward terms."""
+    forget_subset: int | None = None
+    """With ``reset(options={"instance": i})``: size of the forget subset that instance i draws (None = all)."""
+    render_samples: int = 4
+    """Samples per label in the ``rgb_array`` render."""
+    render_ddim_steps: int = 10
+    """DDIM steps of the render."""
+
+    def __post_init__(self) -> None:
+        if self.action_mode not in ("mixture", "forget-strength", "both"):
+            raise ValueError(f"action_mode must be 'mixture', 'forget-strength' or 'both', got {self.action_mode!r}")
+        for name in ("horizon", "batch_size", "render_samples", "render_ddim_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("alpha", "beta", "divergence_penalty", "max_scale", "scale", "probe_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.mixture_lambda <= 1.0:
+            raise ValueError(f"mixture_lambda must be in [0, 1], got {self.mixture_lambda}")
+        if not self.obs_clip > 0:
+            raise ValueError(f"obs_clip must be > 0, got {self.obs_clip}")
+        if self.forget_subset is not None and self.forget_subset < 1:
+            raise ValueError(f"forget_subset must be None or >= 1, got {self.forget_subset}")
+
+
+class SISSEnv(gym.Env):
+    """Unlearning a contaminating concept from a class-conditional DDPM, one SISS update per step.
+
+    ## Description
+
+    The env holds a pretrained DDPM that learned a contaminant under one label (the bundled
+    default: real 7s mislabelled as 1). Each step applies one real unlearning update (SISS by
+    default, DESIGN §5) whose weight λ is the action, and reports how the unlearning goes.
+
+    ## Action Space
+
+    ``Box(-1, 1, (k,), float32)``, mapped by λ = (a + 1)/2 and clipped to [0, 1] (the applied
+    values are in ``info``). "mixture" (k = 1): λ is SISS's mixture weight. "forget-strength"
+    (k = 1): λ_s sets S = λ_s·``max_scale`` at mixture λ = ``mixture_lambda``. "both" (k = 2):
+    (λ, λ_s).
+
+    ## Observation Space
+
+    ``Box(-obs_clip, obs_clip, (6,), float32)``: [log ℓ_r/ℓ_r⁰, log ℓ_f/ℓ_f⁰, log ‖∇ℓ_r‖/‖∇ℓ_r⁰‖,
+    log ‖∇ℓ_f‖/‖∇ℓ_f⁰‖, λ_{t−1}, t/T], where ℓ_r, ℓ_f are the step's retain and forget loss
+    estimates, the gradient norms are global L2 norms, and ⁰ marks the values the pretrained model
+    gives at reset. (In "both" mode λ_{t−1} is the mixture λ.)
+
+    ## Rewards
+
+    r_t = Δe_t − α·‖λ_t − λ_{t−1}‖₁ − β·max(0, d_t), with e_t = log(p_f,t / p_f,0) the efficacy
+    (rise of the forget denoising loss on a fixed probe over its reset value) and
+    d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe loss). The probe (images, t,
+    ε) is drawn once per reset and evaluated without gradients after each update. Each term is
+    clipped to ±``obs_clip``. A divergent step (non-finite loss or weights) gets −``divergence_penalty``.
+
+    ## Starting State
+
+    The pretrained weights, a fresh AdamW state, λ_{−1} = ``mixture_lambda``.
+
+    ## Episode End
+
+    Truncation after ``horizon`` updates; termination when the update diverges
+    (``info["diverged"] = True``). ``reset`` then restores the pretrained weights in place.
+
+    ## Arguments
+
+    The fields of :class:`SISSEnvConfig`, as keywords of ``gymnasium.make("unlearn_gym/SISS-v0", ...)``.
+    ``reset(options={"instance": i})`` selects instance i: the forget subset (with
+    ``forget_subset``) drawn from seed i.
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        known = {f.name for f in fields(SISSEnvConfig)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"SISSEnv: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.config = cfg = SISSEnvConfig(**kwargs)
+        self.render_mode = render_mode
+
+        import torch
+
+        from ..assets import bundled_model_dir
+        from ..data.scenarios import load_scenario
+        from ..engine import UnlearningEngine
+        from ..models.checkpoint import load_model
+        from ..objectives.siss import SISSConfig
+
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
+        unet, model_config = load_model(checkpoint, device)
+        scen_meta = model_config["scenario"]
+        scen_args = {k: v for k, v in scen_meta.get("args", {}).items() if k != "name"}
+        scen_args.update(cfg.scenario_kwargs or {})
+        self.scenario = load_scenario(scen_meta["name"], **scen_args)
+        self._full_forget = self.scenario.forget
+        self.engine = UnlearningEngine(
+            unet,
+            self.scenario.retain,
+            self.scenario.forget,
+            SISSConfig(
+                objective=cfg.objective, surgery=cfg.surgery, scale=cfg.scale, batch_size=cfg.batch_size, lr=cfg.lr
+            ),
+            device=device,
+            probe_size=cfg.probe_size,
+            dataset_size=len(self.scenario.retain) + len(self.scenario.forget),
+            scheduler_config=model_config.get("scheduler"),
+        )
+        self.device = device
+        self._scheduler_config = model_config.get("scheduler")
+
+        k = 2 if cfg.action_mode == "both" else 1
+        self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
+        self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(OBS_NAMES),), np.float32)
+        self._ref: np.ndarray | None = None  # ℓ_r⁰, ℓ_f⁰, ‖g_r⁰‖, ‖g_f⁰‖, p_r⁰, p_f⁰
+        self._t = 0
+        self._lam_prev = np.zeros(k)
+        self._efficacy_prev = 0.0
+        self._needs_reset = True
+        self._last_obs: np.ndarray | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
+        return np.clip(np.nan_to_num(r, nan=0.0), -self.config.obs_clip, self.config.obs_clip)
+
+    def _obs(self, s: np.ndarray, lam_mix: float) -> np.ndarray:
+        feats = self._log_ratio(s[[0, 1, 2, 3]], self._ref[:4])
+        return np.concatenate([feats, [lam_mix, self._t / self.config.horizon]]).astype(np.float32)
+
+    def _lam_from_action(self, action) -> tuple[np.ndarray, np.ndarray]:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            a = a.reshape(-1) if a.size == self.action_space.shape[0] else a
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action: expected shape {self.action_space.shape}, got {np.asarray(action).shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be finite, got {np.asarray(action).tolist()}")
+        return np.clip((a + 1.0) / 2.0, 0.0, 1.0), a
+
+    # -- Gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - set(RESET_OPTIONS)
+        if unknown:
+            raise ValueError(f"reset: unknown option(s) {sorted(unknown)}; expected some of {list(RESET_OPTIONS)}")
+        instance = options.get("instance")
+        if instance is not None:
+            if not isinstance(instance, (int, np.integer)) or instance < 0:
+                raise ValueError(f"reset: options['instance'] must be an int >= 0, got {instance!r}")
+            forget = self._full_forget
+            if self.config.forget_subset is not None:
+                n = min(self.config.forget_subset, len(forget))
+                forget = forget.subset(np.random.default_rng(int(instance)).permutation(len(forget))[:n])
+            self.engine.set_forget(forget)
+        self.engine.restore()
+        self.engine.seed(int(self.np_random.integers(2**63 - 1)))
+        cfg = self.config
+        lam0 = cfg.mixture_lambda
+        ref = self.engine.evaluate(lam0, 1.0)
+        self._ref = np.array([ref.loss_r, ref.loss_f, ref.grad_r_norm, ref.grad_f_norm, ref.probe_r, ref.probe_f])
+        self._t = 0
+        self._lam_prev = np.array(
+            [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
+        )
+        self._efficacy_prev = 0.0
+        self._needs_reset = False
+        obs = self._obs(self._ref, lam0)
+        self._last_obs = obs
+        info = {
+            "instance": instance,
+            "reference": dict(
+                zip(("loss_r", "loss_f", "grad_r_norm", "grad_f_norm", "probe_r", "probe_f"), self._ref.tolist())
+            ),
+        }
+        return obs, info
+
+    def step(self, action):
+        if self._needs_reset:
+            raise RuntimeError("SISSEnv.step called before reset() or after the episode ended; call reset() first")
+        lam_vec, raw = self._lam_from_action(action)
+        cfg = self.config
+        if cfg.action_mode == "mixture":
+            lam, forget_scale = float(lam_vec[0]), 1.0
+        elif cfg.action_mode == "forget-strength":
+            lam, forget_scale = cfg.mixture_lambda, float(lam_vec[0]) * cfg.max_scale / max(cfg.scale, 1e-12)
+        else:
+            lam, forget_scale = float(lam_vec[0]), float(lam_vec[1]) * cfg.max_scale / max(cfg.scale, 1e-12)
+        stats = self.engine.update(lam, forget_scale)
+        self._t += 1
+        s = stats.as_array()
+        info: dict[str, Any] = {
+            "lam": lam,
+            "forget_scale_S": forget_scale * cfg.scale,
+            "action_clipped": bool(np.any(np.abs(raw) > 1.0)),
+            "step": self._t,
+            **stats.as_dict(),
+        }
+        smooth = cfg.alpha * float(np.abs(lam_vec - self._lam_prev).sum())
+        if not stats.finite:
+            info |= {"diverged": True, "efficacy": float("nan"), "degradation": float("nan")}
+            info |= {"reward_efficacy_gain": 0.0, "reward_smoothness": -smooth, "reward_degradation": 0.0}
+            self._needs_reset = True
+            return self._last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
+        efficacy = float(self._log_ratio(np.array([stats.probe_f]), self._ref[5:6])[0])
+        degradation = float(self._log_ratio(np.array([stats.probe_r]), self._ref[4:5])[0])
+        gain = efficacy - self._efficacy_prev
+        penalty = cfg.beta * max(0.0, degradation)
+        reward = gain - smooth - penalty
+        self._efficacy_prev = efficacy
+        self._lam_prev = lam_vec
+        obs = self._obs(s, lam)
+        self._last_obs = obs
+        truncated = self._t >= cfg.horizon
+        if truncated:
+            self._needs_reset = True
+        info |= {
+            "diverged": False,
+            "efficacy": efficacy,
+            "degradation": degradation,
+            "reward_efficacy_gain": gain,
+            "reward_smoothness": -smooth,
+            "reward_degradation": -penalty,
+        }
+        return obs, float(reward), False, truncated, info
+
+    def render(self):
+        """An H×W×3 uint8 grid: one row per label, ``render_samples`` DDIM samples each."""
+        if self.render_mode != "rgb_array":
+            return None
+        import torch
+
+        from ..models.sampling import sample_per_label
+
+        # A fixed seed: every render shows the same initial noise, so successive frames show how
+        # the model changed; and rendering leaves the env's RNG untouched.
+        images, _ = sample_per_label(
+            self.engine.unet,
+            self.scenario.num_labels,
+            self.config.render_samples,
+            seed=0,
+            num_inference_steps=self.config.render_ddim_steps,
+            scheduler_config=self._scheduler_config,
+        )
+        L, n = self.scenario.num_labels, self.config.render_samples
+        img = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        _, c, h, w = img.shape
+        grid = img.view(L, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(L * h, n * w, c)
+        return np.repeat(grid.numpy(), 3, axis=2) if c == 1 else grid.numpy()

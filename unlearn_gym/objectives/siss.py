@@ -1,0 +1,391 @@
+"""SISS and the reference's other data-driven unlearning objectives, as pure functions.
+
+SISS (Alberti et al. 2025, "Data Unlearning in Diffusion Models") estimates, with one UNet forward
+on samples of the λ-mixture q_λ(m_t) = (1 − λ) q(m_t | x) + λ q(m_t | a), both the retain loss
+ℓ_x = E‖ε_θ(x_t) − ε‖² and the forget loss ℓ_a = E‖ε_θ(a_t) − ε‖² by importance sampling, and
+combines their gradients so that the model keeps the retain set and leaves the forget set. The
+exact recipe (DESIGN §5), per step with batch B:
+
+1. x ~ retain, a ~ forget, one shared ε ~ N(0, I) and t ~ U{0..T−1} per pair;
+   x_t = γ_t x + σ_t ε, a_t = γ_t a + σ_t ε.
+2. Per pair, m_t = a_t with probability λ, else x_t; the UNet gets the label of the drawn source.
+3. One forward ε̂ = ε_θ(m_t, t, y).
+4. Targets ε_x = (m_t − γ_t x)/σ_t, ε_a = (m_t − γ_t a)/σ_t.
+5. Importance weights, in log space (exact at λ ∈ {0, 1}):
+   d_x = ‖m_t − γ_t x‖²/(2σ_t²), d_a = ‖m_t − γ_t a‖²/(2σ_t²),
+   log w_x = −d_x − logaddexp(log(1 − λ) − d_x, log λ − d_a), log w_a likewise with −d_a;
+   so (1 − λ)·w_x + λ·w_a = 1 for every sample.
+6. ℓ_x = mean_i w_x,i Σ_pixels (ε̂ − ε_x)², ℓ_a = mean_i w_a,i Σ_pixels (ε̂ − ε_a)².
+7. g_x = ∇_θ ℓ_x, g_a = ∇_θ ℓ_a (two backward passes through the one forward).
+8. Surgery: "norm": g = g_x − (S/‖g_a‖)·g_a; "superfactor": g = n/(n−k)·g_x − (1+s)·k/(n−k)·g_a.
+   (Clipping at 1.0 and the AdamW step are the engine's.)
+
+Every function here is pure: it reads a model through ``torch.func.functional_call`` with the
+parameters it is given (so a stack of runs can be ``vmap``-ed later), draws nothing at random,
+and returns tensors without copying them to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.func import functional_call
+
+__all__ = [
+    "SISSConfig",
+    "SISSBatch",
+    "ObjectiveResult",
+    "OBJECTIVES",
+    "draw_batch",
+    "importance_log_weights",
+    "log_lambda_pair",
+    "siss_objective",
+    "siss_no_is_objective",
+    "neggrad_objective",
+    "erasediff_objective",
+    "naive_deletion_objective",
+    "norm_surgery",
+    "surgery",
+    "global_norm",
+]
+
+ObjectiveName = Literal["siss", "siss-no-is", "neggrad", "erasediff", "naive-deletion"]
+
+
+@dataclass(frozen=True)
+class SISSConfig:
+    """Settings of the SISS update and of the baseline objectives (reference defaults, DESIGN §5)."""
+
+    objective: ObjectiveName = "siss"
+    """Which objective: SISS, SISS without importance sampling, NegGrad, EraseDiff, naive deletion."""
+    surgery: Literal["norm", "superfactor"] = "norm"
+    """Gradient combination of SISS: "norm" (the official default) or "superfactor" (the paper's)."""
+    scale: float = 5.0
+    """S of "norm" surgery: the norm of the subtracted forget gradient."""
+    superfactor: float = 0.0
+    """s of "superfactor" surgery: loss = n/(n−k)·ℓ_x − (1+s)·k/(n−k)·ℓ_a."""
+    neggrad_scale: float = 1.0
+    """s of NegGrad: loss = −s·ℓ_a."""
+    erasediff_eta: float = 1e-3
+    """η of EraseDiff: g = g_x + max(η − ⟨g_x, g_a⟩/‖g_a‖², 0)·g_a."""
+    batch_size: int = 64
+    """B: retain/forget pairs per step."""
+    lr: float = 5e-5
+    """AdamW learning rate."""
+    betas: tuple[float, float] = (0.95, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    clip_norm: float = 1.0
+    """Global L2 norm the combined gradient is clipped to before the AdamW step."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"SISSConfig.objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+        if self.surgery not in ("norm", "superfactor"):
+            raise ValueError(f"SISSConfig.surgery must be 'norm' or 'superfactor', got {self.surgery!r}")
+        for name in ("scale", "superfactor", "neggrad_scale", "erasediff_eta", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SISSConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"SISSConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"SISSConfig.lr must be > 0, got {self.lr}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"SISSConfig.clip_norm must be > 0, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class SISSBatch:
+    """The randomness of one step, drawn before the update so the update itself is deterministic."""
+
+    x: torch.Tensor
+    """(B, C, H, W) retain images."""
+    y_x: torch.Tensor
+    """(B,) their labels."""
+    a: torch.Tensor
+    """(B, C, H, W) forget images."""
+    y_a: torch.Tensor
+    """(B,) their labels."""
+    t: torch.Tensor
+    """(B,) int64 timesteps, shared by each pair."""
+    eps: torch.Tensor
+    """(B, C, H, W) noise ε, shared by each pair."""
+    u: torch.Tensor
+    """(B,) U(0, 1) draws: pair i uses the forget sample iff u_i < λ."""
+    noise_target: torch.Tensor | None = None
+    """(B, C, H, W) EraseDiff's uniform-noise forget target (None for the other objectives)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveResult:
+    """What one objective evaluation returns (all tensors, on the model's device, no graph)."""
+
+    grads: tuple[torch.Tensor, ...]
+    """The combined update direction g, one tensor per parameter (before clipping)."""
+    loss_x: torch.Tensor
+    """ℓ_x (retain loss estimate), scalar."""
+    loss_a: torch.Tensor
+    """ℓ_a (forget loss estimate), scalar."""
+    grad_x_norm: torch.Tensor
+    """‖g_x‖, global L2 norm."""
+    grad_a_norm: torch.Tensor
+    """‖g_a‖, global L2 norm."""
+    forget_share: torch.Tensor
+    """Share of the batch drawn from the forget set (the realised λ)."""
+    dloss_x_dlam: torch.Tensor
+    """∂ℓ_x/∂λ with the samples held fixed (0 where λ does not enter)."""
+    dloss_a_dlam: torch.Tensor
+    """∂ℓ_a/∂λ with the samples held fixed."""
+
+
+def draw_batch(
+    retain_images: torch.Tensor,
+    retain_labels: torch.Tensor,
+    forget_images: torch.Tensor,
+    forget_labels: torch.Tensor,
+    batch_size: int,
+    num_timesteps: int,
+    generator: torch.Generator,
+    with_noise_target: bool = False,
+) -> SISSBatch:
+    """Draw (x, a, t, ε, u) for one step from ``generator`` (on the images' device)."""
+    device = retain_images.device
+    ix = torch.randint(len(retain_images), (batch_size,), generator=generator, device=device)
+    ia = torch.randint(len(forget_images), (batch_size,), generator=generator, device=device)
+    t = torch.randint(num_timesteps, (batch_size,), generator=generator, device=device)
+    x = retain_images[ix]
+    eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    u = torch.rand((batch_size,), generator=generator, device=device)
+    target = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype) if with_noise_target else None
+    return SISSBatch(x, retain_labels[ix], forget_images[ia], forget_labels[ia], t, eps, u, target)
+
+
+def global_norm(tensors: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
+    """‖(g_1, …, g_P)‖₂ over all entries of all tensors."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
+
+
+def importance_log_weights(
+    d_x: torch.Tensor, d_a: torch.Tensor, log_lam: torch.Tensor, log_one_minus_lam: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w_x and log w_a of SISS step 5, stable for λ ∈ [0, 1].
+
+    Args:
+        d_x: (B,) ‖m_t − γ_t x‖²/(2σ_t²).
+        d_a: (B,) ‖m_t − γ_t a‖²/(2σ_t²).
+        log_lam, log_one_minus_lam: log λ and log(1 − λ) (−inf allowed).
+
+    Returns:
+        (log w_x, log w_a), each (B,), with w_x = q(m|x)/q_λ(m) and w_a = q(m|a)/q_λ(m).
+    """
+    log_q_lam = torch.logaddexp(log_one_minus_lam - d_x, log_lam - d_a)
+    return -d_x - log_q_lam, -d_a - log_q_lam
+
+
+def log_lambda_pair(lam: torch.Tensor | float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log λ, log(1 − λ)) computed in float64 (exact near λ = 1), cast to ``like``'s dtype and device."""
+    lam64 = torch.as_tensor(lam, dtype=torch.float64, device=like.device)
+    return torch.log(lam64).to(like.dtype), torch.log1p(-lam64).to(like.dtype)
+
+
+def _sq_err(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) Σ_pixels (pred − target)²."""
+    return (pred - target).pow(2).flatten(1).sum(1)
+
+
+def _two_grads(loss_x: torch.Tensor, loss_a: torch.Tensor, params: dict[str, torch.Tensor]):
+    p = tuple(params.values())
+    g_x = torch.autograd.grad(loss_x, p, retain_graph=True, allow_unused=True)
+    g_a = torch.autograd.grad(loss_a, p, allow_unused=True)
+    g_x = tuple(torch.zeros_like(q) if g is None else g for g, q in zip(g_x, p))
+    g_a = tuple(torch.zeros_like(q) if g is None else g for g, q in zip(g_a, p))
+    return g_x, g_a
+
+
+def norm_surgery(
+    g_x: tuple[torch.Tensor, ...], g_a: tuple[torch.Tensor, ...], scale: torch.Tensor | float, grad_a_norm: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """g = g_x − (S/‖g_a‖)·g_a, with S/‖g_a‖ := 0 when ‖g_a‖ = 0."""
+    coef = torch.where(grad_a_norm > 0, scale / grad_a_norm.clamp_min(torch.finfo(grad_a_norm.dtype).tiny), 0.0)
+    return tuple(torch._foreach_add(list(g_x), torch._foreach_mul(list(g_a), -coef)))
+
+
+def surgery(
+    g_x: tuple[torch.Tensor, ...],
+    g_a: tuple[torch.Tensor, ...],
+    grad_a_norm: torch.Tensor,
+    config: SISSConfig,
+    forget_scale: torch.Tensor | float = 1.0,
+    dataset_size: int | None = None,
+    forget_size: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Step 8: combine g_x and g_a by ``config.surgery``.
+
+    "norm": g = g_x − (forget_scale·S/‖g_a‖)·g_a.
+    "superfactor": g = n/(n−k)·g_x − forget_scale·(1+s)·k/(n−k)·g_a (n = ``dataset_size``, k = ``forget_size``).
+    """
+    if config.surgery == "norm":
+        return norm_surgery(g_x, g_a, config.scale * forget_scale, grad_a_norm)
+    if dataset_size is None or forget_size is None or dataset_size <= forget_size:
+        raise ValueError(
+            f"superfactor surgery needs dataset_size n > forget_size k, got n={dataset_size}, k={forget_size}"
+        )
+    cx = dataset_size / (dataset_size - forget_size)
+    ca = (1 + config.superfactor) * forget_size / (dataset_size - forget_size) * forget_scale
+    return tuple(torch._foreach_add(torch._foreach_mul(list(g_x), cx), torch._foreach_mul(list(g_a), -ca)))
+
+
+def siss_objective(
+    unet: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    batch: SISSBatch,
+    lam: torch.Tensor | float,
+    gamma: torch.Tensor,
+    sigma: torch.Tensor,
+    config: SISSConfig,
+    forget_scale: torch.Tensor | float = 1.0,
+    dataset_size: int | None = None,
+    forget_size: int | None = None,
+) -> ObjectiveResult:
+    """One SISS evaluation (steps 2–8 of the module docstring) at mixture weight λ.
+
+    Args:
+        unet: the ε-prediction UNet (its parameters are replaced by ``params``).
+        params: name → parameter tensor (requires grad) to differentiate against.
+        batch: x, a, t, ε, u of this step.
+        lam: λ ∈ [0, 1], scalar (float or 0-d tensor).
+        gamma, sigma: (T,) γ_t and σ_t of the noise schedule.
+        config: surgery mode and constants.
+        forget_scale: multiplies S ("norm") or (1 + s) ("superfactor"): the forget-strength action.
+        dataset_size, forget_size: n and k of "superfactor" surgery.
+    """
+    # 1. noisy pairs x_t, a_t with shared t and ε
+    g = gamma[batch.t].view(-1, 1, 1, 1)
+    s = sigma[batch.t].view(-1, 1, 1, 1)
+    x_t = g * batch.x + s * batch.eps
+    a_t = g * batch.a + s * batch.eps
+    # 2. the λ-mixture: pair i takes a_t when u_i < λ
+    lam_t = torch.as_tensor(lam, dtype=x_t.dtype, device=x_t.device)
+    take_a = batch.u < lam_t
+    m_t = torch.where(take_a.view(-1, 1, 1, 1), a_t, x_t)
+    y = torch.where(take_a, batch.y_a, batch.y_x)
+    # 3. one forward
+    eps_hat = functional_call(unet, params, (m_t, batch.t), {"class_labels": y}).sample
+    # 4. targets
+    eps_x = (m_t - g * batch.x) / s
+    eps_a = (m_t - g * batch.a) / s
+    # 5. importance weights (independent of θ)
+    d_x = _sq_err(m_t, g * batch.x) / (2 * s.view(-1) ** 2)
+    d_a = _sq_err(m_t, g * batch.a) / (2 * s.view(-1) ** 2)
+    log_w_x, log_w_a = importance_log_weights(d_x, d_a, *log_lambda_pair(lam, d_x))
+    w_x, w_a = log_w_x.exp(), log_w_a.exp()
+    # 6. weighted losses; and, the samples held fixed, ∂w_x/∂λ = −w_x(w_a − w_x), ∂w_a/∂λ = −w_a(w_a − w_x)
+    err_x, err_a = _sq_err(eps_hat, eps_x), _sq_err(eps_hat, eps_a)
+    loss_x = (w_x * err_x).mean()
+    loss_a = (w_a * err_a).mean()
+    dlx = (-w_x * (w_a - w_x) * err_x.detach()).mean()
+    dla = (-w_a * (w_a - w_x) * err_a.detach()).mean()
+    # 7. two gradients through the one forward
+    g_x, g_a = _two_grads(loss_x, loss_a, params)
+    n_x, n_a = global_norm(g_x), global_norm(g_a)
+    # 8. surgery
+    grads = surgery(g_x, g_a, n_a, config, forget_scale, dataset_size, forget_size)
+    return ObjectiveResult(
+        grads=grads,
+        loss_x=loss_x.detach(),
+        loss_a=loss_a.detach(),
+        grad_x_norm=n_x,
+        grad_a_norm=n_a,
+        forget_share=take_a.to(x_t.dtype).mean(),
+        dloss_x_dlam=dlx,
+        dloss_a_dlam=dla,
+    )
+
+
+def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_target: torch.Tensor):
+    """ℓ_x = mean Σ(ε_θ(x_t, y_x) − ε)², ℓ_a = mean Σ(ε_θ(a_t, y_a) − target)², with g_x, g_a.
+
+    The two forwards (x_t and a_t) run as one UNet call on the 2B stacked inputs.
+    """
+    g = gamma[batch.t].view(-1, 1, 1, 1)
+    s = sigma[batch.t].view(-1, 1, 1, 1)
+    x_t = g * batch.x + s * batch.eps
+    a_t = g * batch.a + s * batch.eps
+    out = functional_call(
+        unet,
+        params,
+        (torch.cat([x_t, a_t]), torch.cat([batch.t, batch.t])),
+        {"class_labels": torch.cat([batch.y_x, batch.y_a])},
+    ).sample
+    eps_hat_x, eps_hat_a = out.chunk(2)
+    loss_x = _sq_err(eps_hat_x, batch.eps).mean()
+    loss_a = _sq_err(eps_hat_a, forget_target).mean()
+    g_x, g_a = _two_grads(loss_x, loss_a, params)
+    return loss_x.detach(), loss_a.detach(), g_x, g_a
+
+
+def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
+    zero = torch.zeros((), dtype=loss_x.dtype, device=loss_x.device)
+    share = torch.as_tensor(forget_share, dtype=loss_x.dtype, device=loss_x.device)
+    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero)
+
+
+def siss_no_is_objective(
+    unet, params, batch, lam, gamma, sigma, config, forget_scale=1.0, dataset_size=None, forget_size=None
+):
+    """SISS without importance sampling: ℓ_x and ℓ_a from two forwards (x_t and a_t), same surgery.
+
+    λ does not enter (every pair contributes both terms); ``forget_scale`` scales S.
+    """
+    loss_x, loss_a, g_x, g_a = _paired_gradients(unet, params, batch, gamma, sigma, batch.eps)
+    n_x, n_a = global_norm(g_x), global_norm(g_a)
+    grads = surgery(g_x, g_a, n_a, config, forget_scale, dataset_size, forget_size)
+    return _result(grads, loss_x, loss_a, n_x, n_a, 0.5)
+
+
+def neggrad_objective(
+    unet, params, batch, lam, gamma, sigma, config, forget_scale=1.0, dataset_size=None, forget_size=None
+):
+    """NegGrad: loss = −s·ℓ_a, i.e. g = −s·g_a (ℓ_x and ‖g_x‖ are computed for the statistics only)."""
+    loss_x, loss_a, g_x, g_a = _paired_gradients(unet, params, batch, gamma, sigma, batch.eps)
+    grads = torch._foreach_mul(list(g_a), -config.neggrad_scale * forget_scale)
+    return _result(grads, loss_x, loss_a, global_norm(g_x), global_norm(g_a), 1.0)
+
+
+def erasediff_objective(
+    unet, params, batch, lam, gamma, sigma, config, forget_scale=1.0, dataset_size=None, forget_size=None
+):
+    """EraseDiff: the forget target is uniform noise; g = g_x + max(η − ⟨g_x, g_a⟩/‖g_a‖², 0)·g_a.
+
+    ``batch.noise_target`` holds the uniform noise (draw the batch with ``with_noise_target=True``).
+    """
+    if batch.noise_target is None:
+        raise ValueError("erasediff_objective needs batch.noise_target: draw_batch(..., with_noise_target=True)")
+    loss_x, loss_a, g_x, g_a = _paired_gradients(unet, params, batch, gamma, sigma, batch.noise_target)
+    n_x, n_a = global_norm(g_x), global_norm(g_a)
+    dot = torch.stack([(gx * ga).sum() for gx, ga in zip(g_x, g_a)]).sum()
+    coef = torch.clamp(config.erasediff_eta - dot / n_a.pow(2).clamp_min(torch.finfo(n_a.dtype).tiny), min=0.0)
+    coef = torch.where(n_a > 0, coef * forget_scale, 0.0)
+    grads = torch._foreach_add(list(g_x), torch._foreach_mul(list(g_a), coef))
+    return _result(grads, loss_x, loss_a, n_x, n_a, 0.5)
+
+
+def naive_deletion_objective(
+    unet, params, batch, lam, gamma, sigma, config, forget_scale=1.0, dataset_size=None, forget_size=None
+):
+    """Naive deletion: fine-tune on the retain set only, g = g_x."""
+    loss_x, loss_a, g_x, g_a = _paired_gradients(unet, params, batch, gamma, sigma, batch.eps)
+    return _result(g_x, loss_x, loss_a, global_norm(g_x), global_norm(g_a), 0.0)
+
+
+OBJECTIVES = {
+    "siss": siss_objective,
+    "siss-no-is": siss_no_is_objective,
+    "neggrad": neggrad_objective,
+    "erasediff": erasediff_objective,
+    "naive-deletion": naive_deletion_objective,
+}

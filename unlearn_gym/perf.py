@@ -1,0 +1,130 @@
+"""Step profile: the time of a plain DDPM training step, of the bare SISS update and of ``env.step``.
+
+All three run on one model preset and batch size, on one device; the figure of each is the median
+over ``repeats`` timed calls after ``warmup`` untimed ones (CUDA is synchronised around each call).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["profile_step"]
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def profile_step(
+    preset: str = "small",
+    batch_size: int = 64,
+    device: str = "cpu",
+    repeats: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict:
+    """Median milliseconds of a plain DDPM step, the bare SISS update and ``SISSEnv.step``.
+
+    - plain: forward, ε-MSE, backward, AdamW on B retain images;
+    - SISS: :meth:`UnlearningEngine.update` (draw, one forward, two backwards, surgery, clip,
+      AdamW, one host copy) with the probe off;
+    - env: ``SISSEnv.step`` (the same update, the fixed probe, observation and reward).
+
+    The weights are a fresh initialisation of ``preset`` (speed does not depend on them); the data
+    is the ``default`` scenario.
+    """
+    from .data.scenarios import load_scenario
+    from .engine import UnlearningEngine
+    from .envs.siss_env import SISSEnv
+    from .models.checkpoint import save_model
+    from .models.unet import PRESETS, make_unet, noise_schedule, scheduler_config
+    from .objectives.siss import SISSConfig
+
+    dev = torch.device(device)
+    scenario = load_scenario("default")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = make_unet(preset).to(dev)
+    g = torch.Generator(dev).manual_seed(seed)
+
+    # plain DDPM step
+    images = scenario.retain.images.to(dev)
+    labels = scenario.retain.labels.to(dev)
+    sched = noise_schedule()
+    gamma, sigma = sched.gamma.to(dev, torch.float32), sched.sigma.to(dev, torch.float32)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+    def plain() -> None:
+        idx = torch.randint(len(images), (batch_size,), generator=g, device=dev)
+        t = torch.randint(1000, (batch_size,), generator=g, device=dev)
+        eps = torch.randn((batch_size, 1, 28, 28), generator=g, device=dev)
+        x_t = gamma[t].view(-1, 1, 1, 1) * images[idx] + sigma[t].view(-1, 1, 1, 1) * eps
+        loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    plain_ms = _median_ms(plain, repeats, warmup, dev)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "unet": PRESETS[preset].to_dict(),
+            "scheduler": scheduler_config(),
+            "scenario": {
+                "name": "default",
+                "args": {},
+                "num_labels": scenario.num_labels,
+                "contaminated_label": scenario.contaminated_label,
+                "contaminant_class": scenario.contaminant_class,
+            },
+        }
+        save_model(unet, tmp, config)
+        engine = UnlearningEngine(
+            copy.deepcopy(unet),
+            scenario.retain,
+            scenario.forget,
+            SISSConfig(batch_size=batch_size),
+            device=dev,
+            probe_size=0,
+        )
+        engine.seed(seed)
+        siss_ms = _median_ms(lambda: engine.update(0.5), repeats, warmup, dev)
+
+        env = SISSEnv(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9)
+        env.reset(seed=seed)
+        action = np.zeros(1, dtype=np.float32)
+        env_ms = _median_ms(lambda: env.step(action), repeats, warmup, dev)
+        probe_size = env.config.probe_size
+
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "probe_size": probe_size,
+        "plain_ms": round(plain_ms, 2),
+        "siss_ms": round(siss_ms, 2),
+        "env_ms": round(env_ms, 2),
+        "siss_over_plain": round(siss_ms / plain_ms, 3),
+        "env_over_siss": round(env_ms / siss_ms, 3),
+        "torch": torch.__version__,
+    }
