@@ -125,3 +125,17 @@ def test_user_errors_are_clear(tmp_path):
         main(["evaluate", "--samples", "0"])
     with pytest.raises(SystemExit, match="mnist-trousers"):
         main(["pretrain", "--scenario", "mnist-trousers", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_evaluate_full_metrics_table(tmp_path, capsys):
+    main(
+        ["evaluate", "--samples", "3", "--ddim-steps", "1", "--metrics", "full", "--json", "--no-progress", "--device", "cpu",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    fig = _json_stdout(capsys)
+    table = fig["table"]
+    (name,) = table["models"]
+    row = table["models"][name]
+    assert set(row) >= {"forget", "retain", "per_class", "seconds"}
+    assert sorted(row["per_class"], key=int) == [str(i) for i in range(10)]
+    assert "FID" in (tmp_path / "table.md").read_text()

@@ -146,3 +146,11 @@ def test_render_is_an_rgb_grid_and_only_on_request(make):
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.shape == (10 * 28, 2 * 28, 3)
     assert make().unwrapped.render() is None  # no render_mode: nothing is computed
+
+
+def test_no_keywords_runs_the_bundled_default():
+    env = gym.make("unlearn_gym/SISS-v0", batch_size=4, device="cpu")  # everything else: defaults
+    assert env.unwrapped.config.checkpoint is None and env.unwrapped.scenario.name == "default"
+    obs, _ = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(np.zeros(1, dtype=np.float32))
+    assert np.isfinite(reward) and not terminated and info["lam"] == 0.5

@@ -169,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .assets import bundled_model_dir
     from .metrics.classifier import load_classifier
     from .metrics.forget import evaluate_model
-    from .models.checkpoint import CheckpointError, load_model
+    from .models.checkpoint import CheckpointError, load_model, write_json_atomic
 
     _set_threads(args.threads)
     device = _resolve_device(args.device)
@@ -177,12 +177,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         unet, config = load_model(checkpoint, device)
         classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
+        others = [(Path(c), *load_model(c, device)) for c in args.compare]
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     scen = config["scenario"]
-    ev = evaluate_model(
-        unet,
-        classifier,
+    eval_kw = dict(
         num_labels=scen["num_labels"],
         contaminated_label=scen["contaminated_label"],
         contaminant_class=scen["contaminant_class"],
@@ -193,6 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scheduler_config=config.get("scheduler"),
         progress=not args.no_progress,
     )
+    ev = evaluate_model(unet, classifier, **eval_kw)
     figures = {
         "checkpoint": str(checkpoint),
         "scenario": scen["name"],
@@ -209,13 +209,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     grid_path = out / "samples.png"
     save_image(rows.flatten(0, 1).cpu() * 0.5 + 0.5, grid_path, nrow=cols, padding=2, pad_value=0.5)
     figures["grid"] = str(grid_path)
-    from .models.checkpoint import write_json_atomic
+    if args.metrics == "full":
+        import time
 
+        from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
+        from .metrics.table import SampleSet, fidelity_table, to_markdown
+
+        try:
+            scenario = scenario_of_checkpoint(config)
+        except ScenarioDataError as e:
+            raise SystemExit(f"error: --metrics full needs the scenario's real images: {e}") from None
+        t0 = time.perf_counter()
+        models = {checkpoint.name or str(checkpoint): SampleSet.from_evaluation(ev)}
+        others_figures = {}
+        for path, other, _ in others:
+            other_ev = evaluate_model(other, classifier, **eval_kw)
+            models[path.name] = SampleSet.from_evaluation(other_ev)
+            others_figures[path.name] = {k: other_ev.figures[k] for k in ("forget_rate", "retain_accuracy")}
+        sampling_others = time.perf_counter() - t0
+        table = fidelity_table(models, scenario, classifier, seed=args.seed)
+        figures["table"] = table
+        figures["compare"] = others_figures
+        figures["seconds"]["compare_sampling"] = round(sampling_others, 3)
+        figures["seconds"]["table"] = table.get("seconds", {}).get("total")
+        markdown = to_markdown(table)
+        (out / "table.md").write_text(markdown + "\n")
+        figures["table_markdown"] = str(out / "table.md")
     write_json_atomic(figures, out / "evaluation.json")
     if args.json:
         print(json.dumps(figures))
     else:
         print(_format_table(figures, list(classifier.class_names)))
+        if args.metrics == "full":
+            print()
+            print(markdown)
         print(f"\nsample grid: {grid_path}\nfigures:     {out / 'evaluation.json'}")
     return 0
 
@@ -384,11 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier", default=None, help="classifier directory (default: CHECKPOINT/classifier or bundled)"
     )
     p.add_argument("--samples", type=int, default=200, help="samples per label")
-    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=125, help="images per UNet call while sampling")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/evaluate", help="folder for samples.png and evaluation.json")
+    p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM tables")
+    p.add_argument("--compare", nargs="*", default=[], metavar="DIR", help="more model directories for the full table")
     p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -403,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0, help="env seed (batches, probe)")
     p.add_argument("--samples", type=int, default=200, help="evaluation samples per label")
-    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/unlearn")

@@ -31,6 +31,7 @@ __all__ = [
     "ScenarioDataError",
     "SCENARIOS",
     "load_scenario",
+    "scenario_of_checkpoint",
     "shared_data_dir",
 ]
 
@@ -419,3 +420,15 @@ def load_scenario(
     if name == "npz":
         return _npz_scenario(retain_npz, forget_npz, seed)
     raise ValueError(f"unknown scenario: expected one of {list(SCENARIOS)}, got {name!r}")
+
+
+def scenario_of_checkpoint(config: dict, **overrides) -> Scenario:
+    """Rebuild the scenario a model checkpoint was trained on, from its ``config.json`` dict.
+
+    ``overrides`` replace recorded arguments (e.g. ``data_dir=...`` on another machine).
+    """
+    meta = config.get("scenario")
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise ValueError("the checkpoint's config.json names no scenario ('scenario': {'name': ...})")
+    args = {k: v for k, v in meta.get("args", {}).items() if k != "name"}
+    return load_scenario(meta["name"], **{**args, **overrides})

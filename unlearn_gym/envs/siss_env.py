@@ -44,7 +44,7 @@ class SISSEnvConfig:
     """B: retain/forget pairs per update."""
     lr: float = 5e-5
     """AdamW learning rate."""
-    probe_size: int = 8
+    probe_size: int = 4
     """Images per half (retain, forget) of the fixed reward probe."""
     alpha: float = 0.01
     """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
@@ -144,7 +144,7 @@ class SISSEnv(gym.Env):
         import torch
 
         from ..assets import bundled_model_dir
-        from ..data.scenarios import load_scenario
+        from ..data.scenarios import scenario_of_checkpoint
         from ..engine import UnlearningEngine
         from ..models.checkpoint import load_model
         from ..objectives.siss import SISSConfig
@@ -154,10 +154,7 @@ class SISSEnv(gym.Env):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
         unet, model_config = load_model(checkpoint, device)
-        scen_meta = model_config["scenario"]
-        scen_args = {k: v for k, v in scen_meta.get("args", {}).items() if k != "name"}
-        scen_args.update(cfg.scenario_kwargs or {})
-        self.scenario = load_scenario(scen_meta["name"], **scen_args)
+        self.scenario = scenario_of_checkpoint(model_config, **(cfg.scenario_kwargs or {}))
         self._full_forget = self.scenario.forget
         self.engine = UnlearningEngine(
             unet,

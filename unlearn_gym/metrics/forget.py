@@ -84,9 +84,9 @@ def evaluate_model(
     contaminated_label: int,
     contaminant_class: int,
     samples_per_label: int = 200,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = 20,
     seed: int = 0,
-    batch_size: int = 250,
+    batch_size: int = 125,
     scheduler_config: dict | None = None,
     progress: bool = True,
 ) -> SampleEvaluation:

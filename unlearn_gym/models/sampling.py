@@ -14,11 +14,11 @@ def sample_ddim(
     unet: torch.nn.Module,
     labels: torch.Tensor,
     *,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = 20,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     scheduler_config: dict | None = None,
-    batch_size: int = 256,
+    batch_size: int = 125,
     progress: bool = False,
     desc: str = "sampling",
 ) -> torch.Tensor:

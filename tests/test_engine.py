@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from unlearn_gym.engine import STAT_NAMES, UnlearningEngine
+from unlearn_gym.models import load_model
+from unlearn_gym.objectives.siss import SISSConfig
+
+
+@pytest.fixture
+def engine(tiny_checkpoint, default_scenario):
+    unet, _ = load_model(tiny_checkpoint)
+    eng = UnlearningEngine(unet, default_scenario.retain, default_scenario.forget, SISSConfig(batch_size=4), probe_size=2)
+    eng.seed(0)
+    return eng
+
+
+def _params(eng):
+    return [p.detach().clone() for p in eng.unet.parameters()]
+
+
+def test_update_changes_the_model_and_reports_every_statistic(engine):
+    before = _params(engine)
+    stats = engine.update(0.5)
+    assert stats.finite and set(stats.as_dict()) == set(STAT_NAMES)
+    assert stats.loss_r > 0 and stats.loss_f > 0 and stats.grad_r_norm > 0 and stats.grad_f_norm > 0
+    assert 0.0 <= stats.forget_share <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, engine.unet.parameters()))
+    assert engine.step_count == 1
+
+
+def test_restore_is_in_place_and_complete(engine):
+    pretrained = _params(engine)
+    ptrs = [p.data_ptr() for p in engine.unet.parameters()]
+    engine.seed(1)
+    first = [engine.update(0.5) for _ in range(3)]
+    state_ptrs = [v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    engine.restore()
+    assert [p.data_ptr() for p in engine.unet.parameters()] == ptrs  # same storage: nothing reallocated
+    assert [v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)] == state_ptrs
+    for p, q in zip(engine.unet.parameters(), pretrained):
+        assert torch.equal(p, q)
+    # a restored engine replays the same run as a fresh one (fresh AdamW state)
+    engine.seed(1)
+    again = [engine.update(0.5) for _ in range(3)]
+    assert [s.as_dict() for s in again] == [s.as_dict() for s in first]
+
+
+def test_save_and_load_resume_a_run_exactly(engine, tmp_path):
+    engine.seed(3)
+    for _ in range(2):
+        engine.update(0.3)
+    engine.save(tmp_path / "run.safetensors")
+    continued = [engine.update(0.7).as_dict() for _ in range(2)]
+    final = _params(engine)
+    engine.restore()
+    engine.seed(99)  # anything: load must bring back generator, probe, weights and optimizer
+    engine.load(tmp_path / "run.safetensors")
+    assert engine.step_count == 2
+    resumed = [engine.update(0.7).as_dict() for _ in range(2)]
+    assert resumed == continued
+    for p, q in zip(engine.unet.parameters(), final):
+        assert torch.equal(p, q)
+
+
+def test_evaluate_changes_nothing(engine):
+    before = _params(engine)
+    stats = engine.evaluate(0.5)
+    assert stats.finite
+    for p, q in zip(engine.unet.parameters(), before):
+        assert torch.equal(p, q)
+    assert engine.step_count == 0 and not engine.optimizer.state
+
+
+def test_engine_input_errors(tiny_checkpoint, default_scenario):
+    unet, _ = load_model(tiny_checkpoint)
+    empty = default_scenario.forget.subset(torch.arange(0))
+    with pytest.raises(ValueError, match="non-empty retain and forget sets"):
+        UnlearningEngine(unet, default_scenario.retain, empty)
+    with pytest.raises(ValueError, match="probe_size must be >= 0"):
+        UnlearningEngine(unet, default_scenario.retain, default_scenario.forget, probe_size=-1)
