@@ -9,7 +9,9 @@ from unlearn_gym.objectives.siss import SISSConfig
 @pytest.fixture
 def engine(tiny_checkpoint, default_scenario):
     unet, _ = load_model(tiny_checkpoint)
-    eng = UnlearningEngine(unet, default_scenario.retain, default_scenario.forget, SISSConfig(batch_size=4), probe_size=2)
+    eng = UnlearningEngine(
+        unet, default_scenario.retain, default_scenario.forget, SISSConfig(batch_size=4), probe_size=2
+    )
     eng.seed(0)
     return eng
 
@@ -36,7 +38,9 @@ def test_restore_is_in_place_and_complete(engine):
     state_ptrs = [v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     engine.restore()
     assert [p.data_ptr() for p in engine.unet.parameters()] == ptrs  # same storage: nothing reallocated
-    assert [v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)] == state_ptrs
+    assert [
+        v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    ] == state_ptrs
     for p, q in zip(engine.unet.parameters(), pretrained):
         assert torch.equal(p, q)
     # a restored engine replays the same run as a fresh one (fresh AdamW state)

@@ -19,9 +19,9 @@ def test_tiny_pretrain_lowers_the_loss(default_scenario, tmp_path):
         tensorboard=False,
     )
     assert result.step == 200
-    # ε-prediction loss starts near E‖ε‖²/d = 1 and must fall well below it
-    assert result.first_loss > 0.5
-    assert result.final_loss < 0.6 * result.first_loss
+    # the ε-prediction loss of an untrained UNet is of order E‖ε‖²/d = 1; training must cut it
+    assert result.first_loss > 0.3
+    assert result.final_loss < 0.5 * result.first_loss
     unet, config = load_model(tmp_path / "run")
     assert config["step"] == 200 and config["scenario"]["name"] == "default"
     assert config["unet"]["num_class_embeds"] == 10

@@ -85,9 +85,9 @@ class PretrainResult:
     out: Path
     step: int
     final_loss: float
-    """Mean loss of the last 100 steps."""
+    """Mean loss of the last 50 steps."""
     first_loss: float
-    """Mean loss of the first 100 steps of this run (of the resumed part, when resumed)."""
+    """Mean loss of the first 20 steps of this run (of the resumed part, when resumed)."""
     seconds: float
 
 
@@ -256,7 +256,7 @@ def pretrain(
         writer.close()
     if not losses:  # already complete
         save(step)
-    head, tail = losses[:100], losses[-100:]
+    head, tail = losses[:20], losses[-50:]
     return PretrainResult(
         out=out,
         step=step,
