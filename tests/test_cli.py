@@ -123,6 +123,20 @@ def test_user_errors_are_clear(tmp_path):
         main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--device", "cpu"])
     with pytest.raises(SystemExit, match="--samples must be >= 1, got 0"):
         main(["evaluate", "--samples", "0"])
+    with pytest.raises(SystemExit, match="--features inception: InceptionV3"):
+        main(
+            [
+                "evaluate",
+                "--metrics",
+                "full",
+                "--features",
+                "inception",
+                "--inception-weights",
+                str(tmp_path / "w.pth"),
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(SystemExit, match="mnist-trousers"):
         main(["pretrain", "--scenario", "mnist-trousers", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
 
@@ -139,3 +153,15 @@ def test_evaluate_full_metrics_table(tmp_path, capsys):
     assert set(row) >= {"forget", "retain", "per_class", "seconds"}
     assert sorted(row["per_class"], key=int) == [str(i) for i in range(10)]
     assert "FID" in (tmp_path / "table.md").read_text()
+
+
+def test_full_table_has_one_row_per_model(tmp_path, capsys, tiny_checkpoint):
+    main(
+        ["evaluate", "--checkpoint", str(tiny_checkpoint), "--compare", str(tiny_checkpoint), "--samples", "2", "--ddim-steps", "1",
+         "--metrics", "full", "--json", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
+    )  # fmt: skip
+    fig = _json_stdout(capsys)
+    assert list(fig["table"]["models"]) == [str(tiny_checkpoint), f"{tiny_checkpoint} (2)"]
+    # same weights, same seed: the same samples and the same figures
+    rows = list(fig["table"]["models"].values())
+    assert rows[0]["forget"]["fid"] == rows[1]["forget"]["fid"]

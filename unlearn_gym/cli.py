@@ -180,6 +180,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         others = [(Path(c), *load_model(c, device)) for c in args.compare]
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    feature = logits_module = None
+    if args.metrics == "full" and args.features == "inception":
+        from .metrics.fidelity import InceptionUnavailableError, inception_feature
+
+        try:  # before any sampling: fail fast where the weights are absent
+            feature = inception_feature(2048, weights_path=args.inception_weights, device=device)
+            logits_module = inception_feature("logits_unbiased", weights_path=args.inception_weights, device=device)
+        except InceptionUnavailableError as e:
+            raise SystemExit(f"error: --features inception: {e}") from None
     scen = config["scenario"]
     eval_kw = dict(
         num_labels=scen["num_labels"],
@@ -220,14 +229,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except ScenarioDataError as e:
             raise SystemExit(f"error: --metrics full needs the scenario's real images: {e}") from None
         t0 = time.perf_counter()
-        models = {checkpoint.name or str(checkpoint): SampleSet.from_evaluation(ev)}
+        # table rows are named by the paths as given (the bundled model: "bundled")
+        main_name = "bundled" if args.checkpoint is None else args.checkpoint
+        models = {main_name: SampleSet.from_evaluation(ev)}
         others_figures = {}
         for path, other, _ in others:
+            name = str(path) if str(path) not in models else f"{path} ({len(models) + 1})"
             other_ev = evaluate_model(other, classifier, **eval_kw)
-            models[path.name] = SampleSet.from_evaluation(other_ev)
-            others_figures[path.name] = {k: other_ev.figures[k] for k in ("forget_rate", "retain_accuracy")}
+            models[name] = SampleSet.from_evaluation(other_ev)
+            others_figures[name] = {k: other_ev.figures[k] for k in ("forget_rate", "retain_accuracy")}
         sampling_others = time.perf_counter() - t0
-        table = fidelity_table(models, scenario, classifier, seed=args.seed)
+        table = fidelity_table(
+            models, scenario, classifier, feature=feature, logits_module=logits_module, seed=args.seed
+        )
         figures["table"] = table
         figures["compare"] = others_figures
         figures["seconds"]["compare_sampling"] = round(sampling_others, 3)
@@ -418,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evaluate", help="folder for samples.png and evaluation.json")
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM tables")
     p.add_argument("--compare", nargs="*", default=[], metavar="DIR", help="more model directories for the full table")
+    p.add_argument(
+        "--features",
+        default="classifier",
+        choices=["classifier", "inception"],
+        help="FID/KID/IS features: the scenario classifier (offline default) or InceptionV3 (weights must be on disk)",
+    )
+    p.add_argument(
+        "--inception-weights", default=None, help="InceptionV3 weights file (default: torch.hub's checkpoints)"
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
