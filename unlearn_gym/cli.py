@@ -162,6 +162,22 @@ def _format_table(figures: dict, class_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _evaluation_kwargs(config: dict, args: argparse.Namespace, *, seed: int, batch_size: int = 125) -> dict:
+    """Keywords of :func:`~unlearn_gym.metrics.forget.evaluate_model` for a checkpoint's config and the CLI options."""
+    scen = config["scenario"]
+    return dict(
+        num_labels=scen["num_labels"],
+        contaminated_label=scen["contaminated_label"],
+        contaminant_class=scen["contaminant_class"],
+        samples_per_label=args.samples,
+        num_inference_steps=args.ddim_steps,
+        seed=seed,
+        batch_size=batch_size,
+        scheduler_config=config.get("scheduler"),
+        progress=not args.no_progress,
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import save_image
@@ -190,17 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except InceptionUnavailableError as e:
             raise SystemExit(f"error: --features inception: {e}") from None
     scen = config["scenario"]
-    eval_kw = dict(
-        num_labels=scen["num_labels"],
-        contaminated_label=scen["contaminated_label"],
-        contaminant_class=scen["contaminant_class"],
-        samples_per_label=args.samples,
-        num_inference_steps=args.ddim_steps,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        scheduler_config=config.get("scheduler"),
-        progress=not args.no_progress,
-    )
+    eval_kw = _evaluation_kwargs(config, args, seed=args.seed, batch_size=args.batch_size)
     ev = evaluate_model(unet, classifier, **eval_kw)
     figures = {
         "checkpoint": str(checkpoint),
@@ -307,17 +313,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     )
     env.reset(seed=args.seed)
     unet = env.unwrapped.engine.unet  # read-only here: evaluation of the env's model
-    scen = config["scenario"]
-    eval_kw = dict(
-        num_labels=scen["num_labels"],
-        contaminated_label=scen["contaminated_label"],
-        contaminant_class=scen["contaminant_class"],
-        samples_per_label=args.samples,
-        num_inference_steps=args.ddim_steps,
-        seed=args.eval_seed,
-        scheduler_config=config.get("scheduler"),
-        progress=not args.no_progress,
-    )
+    eval_kw = _evaluation_kwargs(config, args, seed=args.eval_seed)
     t0 = time.perf_counter()
     before = evaluate_model(unet, classifier, **eval_kw)
     t1 = time.perf_counter()

@@ -154,8 +154,22 @@ class UnlearningEngine:
 
     def evaluate(self, lam: float = 0.5, forget_scale: float = 1.0) -> StepStats:
         """The statistics an update at λ would see, without changing the model or optimizer."""
-        batch = self._draw()
-        res = self.objective(
+        res = self._objective(lam, forget_scale)
+        return self._to_host(res, global_norm(res.grads), self._probe_losses())
+
+    def _objective(self, lam: float, forget_scale: float):
+        """Draw this step's batch and evaluate the objective on it (gradients, no step)."""
+        batch = draw_batch(
+            self.retain_images,
+            self.retain_labels,
+            self.forget_images,
+            self.forget_labels,
+            self.config.batch_size,
+            self.num_timesteps,
+            self.generator,
+            with_noise_target=self.config.objective == "erasediff",
+        )
+        return self.objective(
             self.unet,
             self.params,
             batch,
@@ -166,19 +180,6 @@ class UnlearningEngine:
             forget_scale,
             self.dataset_size,
             len(self.forget_images),
-        )
-        return self._to_host(res, global_norm(res.grads), self._probe_losses())
-
-    def _draw(self):
-        return draw_batch(
-            self.retain_images,
-            self.retain_labels,
-            self.forget_images,
-            self.forget_labels,
-            self.config.batch_size,
-            self.num_timesteps,
-            self.generator,
-            with_noise_target=self.config.objective == "erasediff",
         )
 
     def update(self, lam: float, forget_scale: float = 1.0) -> StepStats:
@@ -190,19 +191,7 @@ class UnlearningEngine:
         4. measure the fixed probe with the new weights;
         5. copy one stats tensor to the host.
         """
-        batch = self._draw()
-        res = self.objective(
-            self.unet,
-            self.params,
-            batch,
-            lam,
-            self.gamma,
-            self.sigma,
-            self.config,
-            forget_scale,
-            self.dataset_size,
-            len(self.forget_images),
-        )
+        res = self._objective(lam, forget_scale)
         for p, g in zip(self._param_list, res.grads):
             p.grad = g
         update_norm = torch.nn.utils.clip_grad_norm_(self._param_list, self.config.clip_norm)
@@ -240,9 +229,6 @@ class UnlearningEngine:
                 if torch.is_tensor(value):
                     value.zero_()
         self.step_count = 0
-
-    def params_finite(self) -> bool:
-        return bool(torch.stack([torch.isfinite(p).all() for p in self._param_list]).all())
 
     def state_dict(self) -> dict[str, torch.Tensor | int | dict]:
         """A whole run: parameters, AdamW moments, generator state, probe, step."""
