@@ -138,6 +138,8 @@ def test_instances_select_forget_subsets(make):
     assert torch.equal(env.unwrapped.engine.forget_images, a)
     env.reset(seed=0, options={"instance": 4})
     assert not torch.equal(env.unwrapped.engine.forget_images, a)
+    env.reset(seed=0)  # no instance: the whole forget set again
+    assert len(env.unwrapped.engine.forget_images) == full
 
 
 def test_render_is_an_rgb_grid_and_only_on_request(make):

@@ -122,7 +122,7 @@ class SISSEnv(gym.Env):
 
     The fields of :class:`SISSEnvConfig`, as keywords of ``gymnasium.make("unlearn_gym/SISS-v0", ...)``.
     ``reset(options={"instance": i})`` selects instance i: the forget subset (with
-    ``forget_subset``) drawn from seed i.
+    ``forget_subset``) drawn from seed i; a reset without it uses the whole forget set.
 
     ## Version History
 
@@ -180,6 +180,7 @@ class SISSEnv(gym.Env):
         self._efficacy_prev = 0.0
         self._needs_reset = True
         self._last_obs: np.ndarray | None = None
+        self._instance: int | None = None  # None: the whole forget set
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -214,11 +215,13 @@ class SISSEnv(gym.Env):
         if instance is not None:
             if not isinstance(instance, (int, np.integer)) or instance < 0:
                 raise ValueError(f"reset: options['instance'] must be an int >= 0, got {instance!r}")
+        if instance != self._instance:  # a new forget set only when the instance changes
             forget = self._full_forget
-            if self.config.forget_subset is not None:
+            if instance is not None and self.config.forget_subset is not None:
                 n = min(self.config.forget_subset, len(forget))
                 forget = forget.subset(np.random.default_rng(int(instance)).permutation(len(forget))[:n])
             self.engine.set_forget(forget)
+            self._instance = instance
         self.engine.restore()
         self.engine.seed(int(self.np_random.integers(2**63 - 1)))
         cfg = self.config
