@@ -140,7 +140,7 @@ def _resolve_classifier_dir(checkpoint: Path, config: dict, explicit: str | None
     )
 
 
-def _format_table(figures: dict, class_names: list[str]) -> str:
+def _format_table(figures: dict) -> str:
     lines = [
         f"forget_rate                  {figures['forget_rate']:.3f}   (label-{figures['contaminated_label']} samples "
         f"classified as {figures['contaminant']!r}; lower = more forgotten)",
@@ -225,8 +225,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     save_image(rows.flatten(0, 1).cpu() * 0.5 + 0.5, grid_path, nrow=cols, padding=2, pad_value=0.5)
     figures["grid"] = str(grid_path)
     if args.metrics == "full":
-        import time
-
         from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
         from .metrics.table import SampleSet, fidelity_table, to_markdown
 
@@ -259,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(figures))
     else:
-        print(_format_table(figures, list(classifier.class_names)))
+        print(_format_table(figures))
         if args.metrics == "full":
             print()
             print(markdown)
