@@ -75,6 +75,27 @@ def test_observation_reward_and_info(make):
         env.step(np.array([0.0], dtype=np.float32))
 
 
+def test_episode_return_is_final_efficacy_minus_final_damage_minus_variation(make):
+    """With the "increment" degradation penalty the rewards telescope (DESIGN §7, as documented)."""
+    env = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3)
+    env.reset(seed=3)
+    lams = [0.5, 0.9, 0.1, 0.1, 0.7, 1.0]
+    ret, variation, prev, levels = 0.0, 0.0, 0.5, 0.0
+    for lam in lams:
+        _, r, _, _, info = env.step(np.array([2 * lam - 1], dtype=np.float32))
+        ret += r
+        variation += abs(info["lam"] - prev)
+        prev = info["lam"]
+        levels += max(0.0, info["degradation"])
+    expected = info["efficacy"] - 2.0 * max(0.0, info["degradation"]) - 0.1 * variation
+    assert ret == pytest.approx(expected, abs=1e-9)
+    # the "level" form charges every step's damage instead: same trajectory, different return
+    env_level = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3, degradation_penalty="level")
+    env_level.reset(seed=3)
+    ret_level = sum(env_level.step(np.array([2 * lam - 1], dtype=np.float32))[1] for lam in lams)
+    assert ret_level == pytest.approx(info["efficacy"] - 2.0 * levels - 0.1 * variation, abs=1e-9)
+
+
 def test_bad_actions_and_options(make):
     env = make()
     with pytest.raises(RuntimeError, match="before reset"):

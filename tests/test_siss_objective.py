@@ -162,6 +162,13 @@ def test_dloss_dlam_matches_finite_differences():
     fd_a = (up.loss_a - down.loss_a) / (2 * h)
     torch.testing.assert_close(res.dloss_x_dlam, fd_x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(res.dloss_a_dlam, fd_a, rtol=1e-5, atol=1e-6)
+    # ∂L/∂λ of the combined "norm" loss L = ℓ_x − (S/‖g_a‖)·ℓ_a, the coefficient held at λ
+    torch.testing.assert_close(res.dloss_dlam, fd_x - 5.0 / res.grad_a_norm * fd_a, rtol=1e-5, atol=1e-6)
+    n, k = 100, 10
+    sf = SISSConfig(surgery="superfactor", superfactor=0.5)
+    res = siss_objective(unet, params, batch, lam, gamma, sigma, sf, 2.0, n, k)
+    expected = n / (n - k) * fd_x - 2.0 * 1.5 * k / (n - k) * fd_a
+    torch.testing.assert_close(res.dloss_dlam, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

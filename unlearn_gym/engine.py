@@ -30,6 +30,7 @@ STAT_NAMES = (
     "forget_share",  # share of the batch drawn from the forget set
     "dloss_r_dlam",  # ∂ℓ_x/∂λ, samples held fixed
     "dloss_f_dlam",  # ∂ℓ_a/∂λ
+    "dloss_dlam",  # ∂L/∂λ of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
     "update_norm",  # ‖g‖ of the combined direction before clipping
     "probe_r",  # retain denoising loss on the fixed probe, after the step
     "probe_f",  # forget denoising loss on the fixed probe, after the step
@@ -47,6 +48,7 @@ class StepStats:
     forget_share: float
     dloss_r_dlam: float
     dloss_f_dlam: float
+    dloss_dlam: float
     update_norm: float
     probe_r: float
     probe_f: float
@@ -211,6 +213,7 @@ class UnlearningEngine:
                 res.forget_share,
                 res.dloss_x_dlam,
                 res.dloss_a_dlam,
+                res.dloss_dlam,
                 update_norm.to(res.loss_x.dtype),
                 probe[0],
                 probe[1],

@@ -49,7 +49,10 @@ class SISSEnvConfig:
     alpha: float = 0.01
     """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
     beta: float = 1.0
-    """Weight of the degradation penalty β·max(0, degradation_t)."""
+    """Weight of the degradation penalty."""
+    degradation_penalty: Literal["increment", "level"] = "increment"
+    """"increment": −β·(d⁺_t − d⁺_{t−1}), so the episode's terms sum to −β·d⁺_T (the final damage);
+    "level": −β·d⁺_t at every step (DESIGN §7's literal form; sums to −β·Σ_t d⁺_t)."""
     divergence_penalty: float = 10.0
     """Reward −divergence_penalty on the step that diverges (then ``terminated``)."""
     obs_clip: float = 10.0
@@ -62,6 +65,8 @@ class SISSEnvConfig:
     """DDIM steps of the render."""
 
     def __post_init__(self) -> None:
+        if self.degradation_penalty not in ("increment", "level"):
+            raise ValueError(f"degradation_penalty must be 'increment' or 'level', got {self.degradation_penalty!r}")
         if self.action_mode not in ("mixture", "forget-strength", "both"):
             raise ValueError(f"action_mode must be 'mixture', 'forget-strength' or 'both', got {self.action_mode!r}")
         for name in ("horizon", "batch_size", "render_samples", "render_ddim_steps"):
@@ -103,11 +108,15 @@ class SISSEnv(gym.Env):
 
     ## Rewards
 
-    r_t = Δe_t − α·‖λ_t − λ_{t−1}‖₁ − β·max(0, d_t), with e_t = log(p_f,t / p_f,0) the efficacy
-    (rise of the forget denoising loss on a fixed probe over its reset value) and
-    d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe loss). The probe (images, t,
-    ε) is drawn once per reset and evaluated without gradients after each update. Each term is
-    clipped to ±``obs_clip``. A divergent step (non-finite loss or weights) gets −``divergence_penalty``.
+    r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}), with e_t = log(p_f,t / p_f,0)
+    the efficacy (rise of the forget denoising loss on a fixed probe over its reset value),
+    d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe loss), d⁺ = max(0, d) and
+    e_0 = d⁺_0 = 0. The probe (images, t, ε) is drawn once per reset and evaluated without
+    gradients after each update. The return of an episode is therefore
+    e_T − β·d⁺_T − α·Σ_t ‖λ_t − λ_{t−1}‖₁: the final forgetting minus the final damage minus
+    the λ variation. (``degradation_penalty="level"`` charges −β·d⁺_t at every step instead.)
+    e_t and d_t are clipped to ±``obs_clip``. A divergent step (non-finite loss or weights) gets
+    −``divergence_penalty``.
 
     ## Starting State
 
@@ -126,7 +135,8 @@ class SISSEnv(gym.Env):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version (before the first release the degradation term became an increment,
+      so that returns measure the final outcome; ``degradation_penalty="level"`` keeps the old form).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -178,6 +188,7 @@ class SISSEnv(gym.Env):
         self._t = 0
         self._lam_prev = np.zeros(k)
         self._efficacy_prev = 0.0
+        self._damage_prev = 0.0  # d⁺_{t−1}
         self._needs_reset = True
         self._last_obs: np.ndarray | None = None
         self._instance: int | None = None  # None: the whole forget set
@@ -233,6 +244,7 @@ class SISSEnv(gym.Env):
             [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
         )
         self._efficacy_prev = 0.0
+        self._damage_prev = 0.0
         self._needs_reset = False
         obs = self._obs(self._ref, lam0)
         self._last_obs = obs
@@ -274,9 +286,14 @@ class SISSEnv(gym.Env):
         efficacy = float(self._log_ratio(np.array([stats.probe_f]), self._ref[5:6])[0])
         degradation = float(self._log_ratio(np.array([stats.probe_r]), self._ref[4:5])[0])
         gain = efficacy - self._efficacy_prev
-        penalty = cfg.beta * max(0.0, degradation)
+        damage = max(0.0, degradation)
+        if cfg.degradation_penalty == "increment":
+            penalty = cfg.beta * (damage - self._damage_prev)
+        else:
+            penalty = cfg.beta * damage
         reward = gain - smooth - penalty
         self._efficacy_prev = efficacy
+        self._damage_prev = damage
         self._lam_prev = lam_vec
         obs = self._obs(s, lam)
         self._last_obs = obs

@@ -48,6 +48,7 @@ __all__ = [
     "naive_deletion_objective",
     "norm_surgery",
     "surgery",
+    "surgery_coefficients",
     "global_norm",
 ]
 
@@ -140,6 +141,9 @@ class ObjectiveResult:
     """∂ℓ_x/∂λ with the samples held fixed (0 where λ does not enter)."""
     dloss_a_dlam: torch.Tensor
     """∂ℓ_a/∂λ with the samples held fixed."""
+    dloss_dlam: torch.Tensor
+    """∂L/∂λ of the combined loss L = c_x·ℓ_x − c_a·ℓ_a whose gradient is ``grads`` (the surgery's
+    coefficients c_x, c_a held fixed, samples held fixed): what Algorithm 2 back-propagates into φ."""
 
 
 def draw_batch(
@@ -214,6 +218,31 @@ def norm_surgery(
     return tuple(torch._foreach_add(list(g_x), torch._foreach_mul(list(g_a), -coef)))
 
 
+def surgery_coefficients(
+    grad_a_norm: torch.Tensor,
+    config: SISSConfig,
+    forget_scale: torch.Tensor | float = 1.0,
+    dataset_size: int | None = None,
+    forget_size: int | None = None,
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """(c_x, c_a) of step 8, so that the combined direction is g = c_x·g_x − c_a·g_a.
+
+    "norm": c_x = 1, c_a = forget_scale·S/‖g_a‖ (0 when ‖g_a‖ = 0).
+    "superfactor": c_x = n/(n−k), c_a = forget_scale·(1+s)·k/(n−k) (n = ``dataset_size``, k = ``forget_size``).
+    """
+    if config.surgery == "norm":
+        tiny = torch.finfo(grad_a_norm.dtype).tiny
+        c_a = torch.where(grad_a_norm > 0, config.scale * forget_scale / grad_a_norm.clamp_min(tiny), 0.0)
+        return 1.0, c_a
+    if dataset_size is None or forget_size is None or dataset_size <= forget_size:
+        raise ValueError(
+            f"superfactor surgery needs dataset_size n > forget_size k, got n={dataset_size}, k={forget_size}"
+        )
+    c_x = dataset_size / (dataset_size - forget_size)
+    c_a = (1 + config.superfactor) * forget_size / (dataset_size - forget_size) * forget_scale
+    return c_x, c_a
+
+
 def surgery(
     g_x: tuple[torch.Tensor, ...],
     g_a: tuple[torch.Tensor, ...],
@@ -223,20 +252,15 @@ def surgery(
     dataset_size: int | None = None,
     forget_size: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Step 8: combine g_x and g_a by ``config.surgery``.
+    """Step 8: combine g_x and g_a by ``config.surgery`` into g = c_x·g_x − c_a·g_a.
 
     "norm": g = g_x − (forget_scale·S/‖g_a‖)·g_a.
     "superfactor": g = n/(n−k)·g_x − forget_scale·(1+s)·k/(n−k)·g_a (n = ``dataset_size``, k = ``forget_size``).
     """
     if config.surgery == "norm":
         return norm_surgery(g_x, g_a, config.scale * forget_scale, grad_a_norm)
-    if dataset_size is None or forget_size is None or dataset_size <= forget_size:
-        raise ValueError(
-            f"superfactor surgery needs dataset_size n > forget_size k, got n={dataset_size}, k={forget_size}"
-        )
-    cx = dataset_size / (dataset_size - forget_size)
-    ca = (1 + config.superfactor) * forget_size / (dataset_size - forget_size) * forget_scale
-    return tuple(torch._foreach_add(torch._foreach_mul(list(g_x), cx), torch._foreach_mul(list(g_a), -ca)))
+    c_x, c_a = surgery_coefficients(grad_a_norm, config, forget_scale, dataset_size, forget_size)
+    return tuple(torch._foreach_add(torch._foreach_mul(list(g_x), c_x), torch._foreach_mul(list(g_a), -c_a)))
 
 
 def siss_objective(
@@ -294,6 +318,7 @@ def siss_objective(
     n_x, n_a = global_norm(g_x), global_norm(g_a)
     # 8. surgery
     grads = surgery(g_x, g_a, n_a, config, forget_scale, dataset_size, forget_size)
+    c_x, c_a = surgery_coefficients(n_a, config, forget_scale, dataset_size, forget_size)
     return ObjectiveResult(
         grads=grads,
         loss_x=loss_x.detach(),
@@ -303,6 +328,7 @@ def siss_objective(
         forget_share=take_a.to(x_t.dtype).mean(),
         dloss_x_dlam=dlx,
         dloss_a_dlam=dla,
+        dloss_dlam=c_x * dlx - c_a * dla,
     )
 
 
@@ -331,7 +357,7 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
 def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
     zero = torch.zeros((), dtype=loss_x.dtype, device=loss_x.device)
     share = torch.as_tensor(forget_share, dtype=loss_x.dtype, device=loss_x.device)
-    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero)
+    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero, zero)
 
 
 def siss_no_is_objective(
