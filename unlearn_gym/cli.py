@@ -1,4 +1,4 @@
-"""The ``unlearn-gym`` command line: pretrain, train-classifier, evaluate.
+"""The ``unlearn-gym`` command line: pretrain, train-classifier, evaluate, unlearn, train, bench, perf.
 
 Progress bars and messages go to stderr; with ``--json`` stdout holds only one JSON object.
 """
@@ -126,18 +126,12 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _resolve_classifier_dir(checkpoint: Path, config: dict, explicit: str | None) -> Path:
-    from .assets import bundled_classifier_dir
+    from .metrics.classifier import classifier_dir_for
 
-    if explicit:
-        return Path(explicit)
-    if (checkpoint / "classifier").is_dir():
-        return checkpoint / "classifier"
-    if config.get("scenario", {}).get("name") == "default":
-        return bundled_classifier_dir()
-    raise SystemExit(
-        f"error: no classifier for {checkpoint}: pass --classifier DIR, or train one with "
-        "`unlearn-gym train-classifier --scenario ... --out DIR`"
-    )
+    try:
+        return classifier_dir_for(checkpoint, config, explicit)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _format_table(figures: dict) -> str:
@@ -362,6 +356,123 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train ---------------------------------------------------------------------------------------
+
+
+def _json_arg(text: str | None, flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {flag} must be a JSON object, e.g. '{{\"batch_size\": 16}}': {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {flag} must be a JSON object, got {text!r}")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .agents import train_agent
+
+    _set_threads(args.threads)
+    env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
+    if args.checkpoint:
+        env_kwargs["checkpoint"] = args.checkpoint
+    if args.env_device:
+        env_kwargs["device"] = args.env_device
+    try:
+        result = train_agent(
+            args.algo,
+            args.env,
+            args.timesteps,
+            seed=args.seed,
+            out=args.out,
+            env_kwargs=env_kwargs,
+            hyperparams_file=args.hyperparams_file,
+            overrides=_json_arg(args.hyperparams, "--hyperparams"),
+            device=args.device,
+            tensorboard=not args.no_tensorboard,
+            progress_bar=not args.no_progress,
+            checkpoint_freq=args.checkpoint_freq,
+            resume=args.resume,
+            sample_every=args.sample_every,
+            vec_env=args.vec_env,
+            verbose=args.verbose,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    summary = {"algo": result.algo, "timesteps": result.timesteps, "seconds": round(result.seconds, 1)}
+    summary |= {"agent": str(result.agent_dir), "out": str(result.out)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"trained {result.algo} for {result.timesteps} steps in {result.seconds:.0f} s")
+        print(
+            f"agent: {result.agent_dir}   (bench it: unlearn-gym bench --policies static:0.5,agent:{result.agent_dir})"
+        )
+        if not args.no_tensorboard:
+            print(f"TensorBoard: tensorboard --logdir {Path(result.out) / 'tb'}")
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .bench import (
+        BENCH_ENV_KWARGS,
+        BenchConfig,
+        json_summary,
+        policy_from_spec,
+        policy_name,
+        run_benchmark,
+        write_report,
+    )
+
+    _set_threads(args.threads)
+    env_kwargs = {**BENCH_ENV_KWARGS, **_json_arg(args.env_kwargs, "--env-kwargs")}
+    for key in ("horizon", "batch_size"):
+        if getattr(args, key) is not None:
+            env_kwargs[key] = getattr(args, key)
+    if args.checkpoint:
+        env_kwargs["checkpoint"] = args.checkpoint
+    env_kwargs["device"] = _resolve_device(args.device)
+    seeds = tuple(range(args.seeds)) if args.seed_list is None else tuple(args.seed_list)
+    instances = (None,) if not args.instances else tuple(range(args.instances))
+    specs = [s.strip() for s in args.policies.split(",") if s.strip()]
+    policies = {}
+    try:
+        for spec in specs:
+            policy = policy_from_spec(spec)
+            policies[policy_name(spec, policy)] = policy
+        config = BenchConfig(
+            env_id=args.env,
+            env_kwargs=env_kwargs,
+            seeds=seeds,
+            instances=instances,
+            samples_per_label=args.samples,
+            ddim_steps=args.ddim_steps,
+            eval_seed=args.eval_seed,
+            metrics=args.metrics,
+            classifier=args.classifier,
+        )
+        t0 = time.perf_counter()
+        result = run_benchmark(policies, config, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
+    paths = write_report(result, args.out, command)
+    print(f"bench: {result['seconds']:.0f} s; report in {paths['markdown']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(json_summary(result)))
+    else:
+        print(paths["markdown"].read_text())
+    return 0
+
+
 # -- perf ----------------------------------------------------------------------------------------
 
 
@@ -458,6 +569,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_unlearn)
 
+    p = sub.add_parser("train", help="train an RL agent (ppo, sac, td3, ddpg, mcpg) on a registered env")
+    p.add_argument("--algo", required=True, choices=["ppo", "sac", "td3", "ddpg", "mcpg"])
+    p.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
+    p.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
+    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
+    p.add_argument("--env-device", default=None, help="the diffusion model's device (default: the env's 'auto')")
+    p.add_argument("--timesteps", type=int, default=2048, help="env steps to train in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (agent/, model.zip, checkpoints/, tb/)")
+    p.add_argument("--hyperparams", default=None, help="JSON overrides of the YAML hyperparameters")
+    p.add_argument("--hyperparams-file", default=None, help="a zoo-style YAML of your own")
+    p.add_argument("--checkpoint-freq", type=int, default=512, help="env steps between checkpoints (0 = none)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--sample-every", type=int, default=10, help="episodes between TensorBoard sample grids (0 = none)")
+    p.add_argument("--vec-env", default="dummy", choices=["dummy", "subproc"])
+    p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (set it when SB3 and torch share cores)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark λ-policies and agents on equal seeds (no arguments: the main job on the embedded default)",
+    )
+    p.add_argument(
+        "--policies",
+        default="static:0.5,vi-adaptive,random,ppo",
+        help="comma-separated: static:L, random, linear:A:B, cosine:A:B, vi-adaptive, ppo (bundled), agent:DIR",
+    )
+    p.add_argument("--env", default="unlearn_gym/SISS-v0")
+    p.add_argument(
+        "--env-kwargs", default=None, help="JSON keywords of gymnasium.make (over batch_size 16, horizon 20)"
+    )
+    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
+    p.add_argument("--horizon", type=int, default=None, help="T (default 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="B of each update (default 16)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (every policy on the same seeds)")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
+    p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
+    p.add_argument("--samples", type=int, default=10, help="evaluation samples per label at each episode end")
+    p.add_argument("--ddim-steps", type=int, default=10)
+    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
+    p.add_argument("--classifier", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.md, bench.csv, bench.json and the plots")
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by policy on stdout")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
     p.add_argument("--batch", type=int, default=64)
@@ -471,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats"):
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    for name in ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats", "timesteps", "seeds"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")

@@ -1,11 +1,11 @@
-"""Files shipped inside the package: the embedded default's pretrained DDPM and classifier."""
+"""Files shipped inside the package: the embedded default's pretrained DDPM, classifier and PPO agent."""
 
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
 
-__all__ = ["bundled_model_dir", "bundled_classifier_dir"]
+__all__ = ["bundled_model_dir", "bundled_classifier_dir", "bundled_agent_dir"]
 
 
 def _asset(*parts: str) -> Path:
@@ -20,3 +20,8 @@ def bundled_model_dir() -> Path:
 def bundled_classifier_dir() -> Path:
     """The evaluation classifier of the ``default`` scenario."""
     return _asset("default", "classifier")
+
+
+def bundled_agent_dir() -> Path:
+    """The PPO agent trained on SISS-v0 over the default model at the benchmark's settings (an exported agent)."""
+    return _asset("default", "ppo")

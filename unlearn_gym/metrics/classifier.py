@@ -19,6 +19,7 @@ from ..data.scenarios import ImageSet, Scenario
 from ..models.checkpoint import CheckpointError, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
 __all__ = [
+    "classifier_dir_for",
     "Classifier",
     "ClassifierTrainConfig",
     "train_classifier",
@@ -197,3 +198,21 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     except RuntimeError as e:
         raise CheckpointError(f"{directory}/classifier.safetensors does not match its config.json: {e}") from e
     return model.to(device).eval()
+
+
+def classifier_dir_for(checkpoint: str | Path, config: dict, explicit: str | Path | None = None) -> Path:
+    """The evaluation classifier of a model directory: ``explicit``, else ``checkpoint/classifier``,
+    else the bundled one for the default scenario. Raises FileNotFoundError saying what to do."""
+    from ..assets import bundled_classifier_dir
+
+    checkpoint = Path(checkpoint)
+    if explicit:
+        return Path(explicit)
+    if (checkpoint / "classifier").is_dir():
+        return checkpoint / "classifier"
+    if config.get("scenario", {}).get("name") == "default":
+        return bundled_classifier_dir()
+    raise FileNotFoundError(
+        f"no classifier for {checkpoint}: pass --classifier DIR, or train one with "
+        "`unlearn-gym train-classifier --scenario ... --out DIR`"
+    )

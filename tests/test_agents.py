@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_gym.agents import MCPG, load_agent, load_hyperparams, train_agent
+from unlearn_gym.models.checkpoint import CheckpointError
+
+TINY_OVERRIDES = {
+    "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 2},
+    "sac": {"learning_starts": 50, "batch_size": 32},
+    "td3": {"learning_starts": 50, "batch_size": 32},
+    "ddpg": {"learning_starts": 50, "batch_size": 32},
+    "mcpg": {"episodes_per_update": 2},
+}
+
+
+@pytest.fixture
+def env_kwargs(tiny_checkpoint):
+    return dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=8, device="cpu")
+
+
+def _scalar_tags(tb_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in tb_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | {f"image:{t}" for t in acc.Tags()["images"]}
+    return tags
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3", "ddpg", "mcpg"])
+def test_each_algorithm_trains_end_to_end_and_the_saved_agent_acts_identically(algo, env_kwargs, tmp_path):
+    out = tmp_path / algo
+    result = train_agent(
+        algo,
+        total_timesteps=160,
+        seed=0,
+        out=out,
+        env_kwargs=env_kwargs,
+        overrides=TINY_OVERRIDES[algo],
+        progress_bar=False,
+        sample_every=10,
+    )
+    assert result.timesteps >= 160
+    info = json.loads((out / "agent" / "agent.json").read_text())
+    assert info["algo"] == algo and info["env_kwargs"]["horizon"] == 8
+    tags = _scalar_tags(out / "tb")
+    assert {"unlearn/lam", "unlearn/loss_r", "unlearn/reward_efficacy_gain", "episode/return"} <= tags
+    assert "image:episode/samples" in tags  # 160 steps = 20 episodes: a grid every 10th
+
+    agent = load_agent(out)  # the exported, pickle-free agent
+    obs = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert actions.shape == (16, 1) and np.all(np.abs(actions) <= 1)
+    if algo == "mcpg":
+        model = MCPG(
+            _env(env_kwargs),
+            seed=0,
+            **load_hyperparams("mcpg", "unlearn_gym/SISS-v0", overrides=TINY_OVERRIDES["mcpg"]),
+        )
+        model.load(out / "model.safetensors")
+        reference, _ = model.predict(obs, deterministic=True)
+    else:  # SB3's own save + VecNormalize statistics give the same actions
+        from stable_baselines3 import DDPG, PPO, SAC, TD3
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+        cls = {"ppo": PPO, "sac": SAC, "td3": TD3, "ddpg": DDPG}[algo]
+        model = cls.load(out / "model.zip", device="cpu")
+        venv = VecNormalize.load(str(out / "vecnormalize.pkl"), DummyVecEnv([lambda: _env(env_kwargs)]))
+        venv.training = False
+        reference, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    np.testing.assert_allclose(actions, reference, rtol=1e-6, atol=1e-6)
+    again, _ = load_agent(out / "agent").predict(obs, deterministic=True)
+    assert np.array_equal(actions, again)
+
+
+def _env(env_kwargs):
+    import gymnasium as gym
+
+    import unlearn_gym  # noqa: F401
+
+    return gym.make("unlearn_gym/SISS-v0", **env_kwargs)
+
+
+def test_ppo_resumes_from_its_checkpoint(env_kwargs, tmp_path):
+    kw = dict(seed=0, out=tmp_path, env_kwargs=env_kwargs, overrides=TINY_OVERRIDES["ppo"], progress_bar=False)
+    kw |= dict(sample_every=0, checkpoint_freq=64)
+    train_agent("ppo", total_timesteps=64, **kw)
+    assert (tmp_path / "checkpoints" / "ppo_64_steps.zip").is_file()
+    assert (tmp_path / "checkpoints" / "ppo_vecnormalize_64_steps.pkl").is_file()
+    first = load_agent(tmp_path)
+    result = train_agent("ppo", total_timesteps=128, resume=True, **kw)
+    assert result.timesteps == 128 and (tmp_path / "checkpoints" / "ppo_128_steps.zip").is_file()
+    resumed = load_agent(tmp_path)
+    assert resumed.info["timesteps"] == 128
+    # the normalisation statistics continued from the checkpoint's (not restarted)
+    assert not np.array_equal(first._mean, resumed._mean)
+    assert json.loads((tmp_path / "train.json").read_text())["resumed"] is True
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_agent("ppo", total_timesteps=128, resume=True, **{**kw, "out": tmp_path / "empty"})
+
+
+def test_mcpg_resume_equals_the_uninterrupted_run(env_kwargs, tmp_path):
+    kw = dict(seed=1, env_kwargs=env_kwargs, overrides={"episodes_per_update": 1}, progress_bar=False)
+    kw |= dict(sample_every=0, tensorboard=False, checkpoint_freq=8)
+    train_agent("mcpg", total_timesteps=24, out=tmp_path / "whole", **kw)
+    train_agent("mcpg", total_timesteps=16, out=tmp_path / "split", **kw)
+    train_agent("mcpg", total_timesteps=24, out=tmp_path / "split", resume=True, **kw)
+    whole, split = load_agent(tmp_path / "whole"), load_agent(tmp_path / "split")
+    for (k, a), (_, b) in zip(whole.policy.state_dict().items(), split.policy.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_hyperparams_and_bad_agent_directories(tmp_path):
+    hp = load_hyperparams("ppo", "unlearn_gym/SISS-v0", overrides={"n_steps": 16})
+    assert hp["n_steps"] == 16 and hp["policy"] == "MlpPolicy" and hp["normalize"]["norm_obs"] is True
+    with pytest.raises(ValueError, match="algo must be one of"):
+        load_hyperparams("a2c", "unlearn_gym/SISS-v0")
+    with pytest.raises(CheckpointError, match="not an exported agent"):
+        load_agent(tmp_path)
+
+
+def test_train_command(env_kwargs, tmp_path, capsys):
+    from unlearn_gym.cli import main
+
+    kwargs = {k: v for k, v in env_kwargs.items() if k != "checkpoint"}
+    argv = ["train", "--algo", "mcpg", "--checkpoint", env_kwargs["checkpoint"], "--env-kwargs", json.dumps(kwargs)]
+    argv += ["--timesteps", "16", "--out", str(tmp_path), "--json", "--no-progress", "--sample-every", "0"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["algo"] == "mcpg" and summary["timesteps"] == 16
+    assert load_agent(summary["agent"]).env_kwargs["horizon"] == 8
+    with pytest.raises(SystemExit, match="must be a JSON object"):
+        main(["train", "--algo", "ppo", "--out", str(tmp_path), "--env-kwargs", "[1]"])

@@ -1,0 +1,107 @@
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import unlearn_gym  # noqa: F401
+from unlearn_gym.baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda, VIAdaptive
+
+KW = dict(batch_size=4, probe_size=2, device="cpu")
+
+
+def _obs(progress):
+    obs = np.zeros((len(progress), 6), np.float32)
+    obs[:, 5] = progress
+    return obs
+
+
+def test_schedules_match_hand_computed_values():
+    p = [0.0, 0.25, 0.5, 1.0]
+    lin, _ = LinearSchedule(0.8, 0.2).predict(_obs(p))
+    cos, _ = CosineSchedule(0.8, 0.2).predict(_obs(p))
+    # a = 2λ − 1; linear: λ = 0.8 − 0.6p; cosine: λ = 0.2 + 0.6·(1 + cos πp)/2
+    np.testing.assert_allclose((lin[:, 0] + 1) / 2, [0.8, 0.65, 0.5, 0.2], atol=1e-6)
+    np.testing.assert_allclose((cos[:, 0] + 1) / 2, [0.8, 0.2 + 0.6 * (1 + math.sqrt(0.5)) / 2, 0.5, 0.2], atol=1e-6)
+    action, state = StaticLambda(0.25).predict(np.zeros(6, np.float32))
+    assert action.shape == (1,) and action.dtype == np.float32 and action[0] == -0.5 and state is None
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        StaticLambda(1.5)
+
+
+def test_random_policy_is_seeded_by_reset():
+    pol = RandomLambda()
+    pol.reset(3)
+    a = [pol.predict(np.zeros(6, np.float32))[0][0] for _ in range(5)]
+    pol.reset(3)
+    b = [pol.predict(np.zeros(6, np.float32))[0][0] for _ in range(5)]
+    pol.reset(4)
+    c = [pol.predict(np.zeros(6, np.float32))[0][0] for _ in range(5)]
+    assert a == b and a != c and all(-1 <= x <= 1 for x in a)
+
+
+def test_vi_loss_gradient_matches_the_hand_computed_chain_rule():
+    """∂L/∂b_μ = (∂L_SISS/∂λ)·λ(1−λ) + β·μ and ∂L/∂b_{log σ²} = (∂L_SISS/∂λ)·λ(1−λ)·u·σ/2 + β·(σ² − 1)/2."""
+    pol = VIAdaptive(kl_coef=0.3, seed=1)
+    c = torch.tensor([[0.1, -0.2, 0.3, 0.05]])
+    u = torch.tensor([0.7])
+    g = 2.5
+    loss = pol.loss(c, u, g)
+    loss.backward()
+    with torch.no_grad():
+        mu, log_var = pol.network(c)
+        sigma = (0.5 * log_var).exp()
+        lam = torch.sigmoid(mu + sigma * u)
+    bias_grad = pol.network.net[-1].bias.grad
+    expected_mu = g * lam * (1 - lam) + 0.3 * mu
+    expected_lv = g * lam * (1 - lam) * u * sigma / 2 + 0.3 * (sigma**2 - 1) / 2
+    torch.testing.assert_close(bias_grad[0], expected_mu[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(bias_grad[1], expected_lv[0], rtol=1e-5, atol=1e-7)
+
+
+def _phi(pol):
+    return torch.cat([p.detach().flatten().clone() for p in pol.network.parameters()])
+
+
+def test_the_siss_gradient_reaches_phi_through_the_env(tiny_checkpoint):
+    """With β = 0 only the SISS term can move φ: it must (the authors' code detaches it, so φ would stay)."""
+    env = gym.make("unlearn_gym/SISS-v0", checkpoint=str(tiny_checkpoint), horizon=3, **KW)
+    pol = VIAdaptive(kl_coef=0.0, lr=1e-2, seed=0)
+    pol.reset(0)
+    obs, _ = env.reset(seed=0)
+    phi0 = _phi(pol)
+    mu_before = pol.network(VIAdaptive.context(obs[None]))[0].item()
+    action, _ = pol.predict(obs)
+    next_obs, reward, term, trunc, info = env.step(action)
+    assert info["dloss_dlam"] != 0.0 and np.isfinite(info["dloss_dlam"])
+    pol.observe(obs, action, reward, next_obs, term, trunc, info)
+    assert not torch.equal(_phi(pol), phi0)
+    # one Adam step moves μ against the sign of ∂L_SISS/∂λ (λ(1−λ) > 0)
+    mu_after = pol.network(VIAdaptive.context(obs[None]))[0].item()
+    assert np.sign(mu_after - mu_before) == -np.sign(info["dloss_dlam"])
+    # what a detached SISS term would give: zero gradient, φ unchanged
+    pol.reset(0)
+    pol.predict(obs)
+    pol.observe(obs, action, reward, next_obs, term, trunc, {**info, "dloss_dlam": 0.0})
+    assert torch.equal(_phi(pol), phi0)
+    with pytest.raises(KeyError, match="dloss_dlam"):
+        pol.predict(obs)
+        pol.observe(obs, action, reward, next_obs, term, trunc, {})
+
+
+def test_vi_policy_samples_and_is_reproducible():
+    obs = np.zeros((4, 6), np.float32)
+    a = VIAdaptive(seed=5).predict(obs)[0]
+    b = VIAdaptive(seed=5).predict(obs)[0]
+    assert np.array_equal(a, b) and len(np.unique(a)) == 4  # u differs per row
+    mean_only = VIAdaptive(seed=5, sample=False).predict(obs, deterministic=True)[0]
+    assert len(np.unique(mean_only)) == 1
+
+
+def test_baselines_work_with_sb3_evaluate_policy(tiny_checkpoint):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = gym.make("unlearn_gym/SISS-v0", checkpoint=str(tiny_checkpoint), horizon=2, **KW)
+    mean, std = evaluate_policy(LinearSchedule(), env, n_eval_episodes=2, warn=False)
+    assert np.isfinite(mean) and np.isfinite(std)

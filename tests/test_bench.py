@@ -1,0 +1,90 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from unlearn_gym.bench import BenchConfig, confidence_interval, policy_from_spec, run_benchmark
+
+
+def test_confidence_interval_matches_a_hand_computed_case():
+    # x = 1..5: mean 3, s = √2.5, t_{0.975, 4} = 2.7764451 → 2.7764451·√2.5/√5 = 1.9632432
+    mean, half = confidence_interval([1, 2, 3, 4, 5])
+    assert mean == 3.0 and half == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-7)
+    assert half == pytest.approx(1.9632432, rel=1e-7)
+    # two values 0 and 2: s = √2, t_{0.975, 1} = 12.7062047 → 12.7062047·√2/√2 = 12.7062047
+    assert confidence_interval([0.0, 2.0])[1] == pytest.approx(12.7062047, rel=1e-7)
+    assert confidence_interval([2.0, 2.0, 2.0]) == (2.0, 0.0)
+    m, h = confidence_interval([4.0])
+    assert m == 4.0 and math.isnan(h)
+    assert confidence_interval([1.0, float("nan"), 3.0])[0] == 2.0
+
+
+def test_policy_specs():
+    assert policy_from_spec("static:0.3").value == 0.3
+    assert policy_from_spec("linear:0.9:0.1").end == 0.1
+    assert policy_from_spec("random").name == "random"
+    assert policy_from_spec("vi-adaptive").name == "vi-adaptive"
+    with pytest.raises(ValueError, match="unknown policy"):
+        policy_from_spec("greedy")
+    with pytest.raises(ValueError, match="not numbers"):
+        policy_from_spec("static:half")
+
+
+def _config(tiny_checkpoint, **kw):
+    env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu")
+    return BenchConfig(env_kwargs=env_kwargs, seeds=(0, 1), samples_per_label=2, ddim_steps=2, **kw)
+
+
+def _policies():
+    return {name: policy_from_spec(name) for name in ("static:0.5", "random", "vi-adaptive")}
+
+
+def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
+    a = run_benchmark(_policies(), _config(tiny_checkpoint), progress=False, log=None)
+    b = run_benchmark(_policies(), _config(tiny_checkpoint), progress=False, log=None)
+    strip = lambda eps: [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in eps]  # noqa: E731
+    assert strip(a["episodes"]) == strip(b["episodes"])
+    assert len(a["episodes"]) == 3 * 2
+    static = [e for e in a["episodes"] if e["policy"] == "static:0.5"]
+    assert all(lam == 0.5 for e in static for lam in e["lambdas"])
+    assert static[0]["return"] != static[1]["return"]  # the seeds differ
+    random_lams = [e["lambdas"] for e in a["episodes"] if e["policy"] == "random"]
+    assert random_lams[0] != random_lams[1]
+    # the true return is the sum of the rewards, and the summary is mean ± t-interval over the seeds
+    for e in a["episodes"]:
+        assert e["return"] == pytest.approx(sum(e["rewards"])) and e["length"] == 3
+    mean, half = confidence_interval([e["return"] for e in static])
+    assert a["summary"]["static:0.5"]["return"] == {"mean": mean, "ci95": half, "n": 2}
+    assert 0.0 <= a["summary"]["random"]["forget_rate"]["mean"] <= 1.0
+
+
+def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
+    from unlearn_gym.cli import main
+
+    argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
+    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
+    argv += [
+        "--samples",
+        "2",
+        "--ddim-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--json",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"static:0.5", "linear:0.9:0.1"}
+    for row in summary.values():
+        assert set(row) == {"return", "forget_rate", "retain_accuracy"}
+        assert row["return"]["n"] == 2 and np.isfinite(row["return"]["mean"]) and np.isfinite(row["return"]["ci95"])
+    for name in ("bench.md", "bench.csv", "bench.json", "curves.png", "samples.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    full = json.loads((tmp_path / "bench.json").read_text())
+    assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
+    assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
+    assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()

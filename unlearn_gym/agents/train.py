@@ -1,0 +1,311 @@
+"""Train an RL agent (SB3 PPO/SAC/TD3/DDPG, or MCPG) on any registered unlearn-gym env.
+
+What ``train_agent`` writes into ``out``::
+
+    agent/                 the exported, pickle-free agent (agent.json + policy.safetensors):
+                           what `unlearn-gym bench --policies agent:DIR` and `load_agent` read
+    model.zip              SB3's own save (``PPO.load``), or model.safetensors for MCPG
+    vecnormalize.pkl       SB3's VecNormalize statistics (when observations are normalised)
+    checkpoints/           periodic checkpoints (CheckpointCallback, with VecNormalize and replay buffer)
+    tb/                    TensorBoard logs: λ, losses, reward terms, episode metrics, sample grids
+    train.json             the settings, hyperparameters, timesteps and wall time
+
+Resuming (``resume=True``) continues from the newest checkpoint in ``out/checkpoints``. SB3's
+zip and VecNormalize's pickle are unpickled then: resume only from directories your own runs wrote.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from ..models.checkpoint import write_json_atomic
+from .hyperparams import ALGO_NAMES, activation_class, load_hyperparams
+from .policy import SB3_ALGOS, export_agent
+
+__all__ = ["TrainResult", "train_agent", "make_training_env"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    """The output directory."""
+    agent_dir: Path
+    """The exported agent (``load_agent(agent_dir)``)."""
+    algo: str
+    timesteps: int
+    """Env steps trained in all (including those before a resume)."""
+    seconds: float
+    """Wall time of this call."""
+
+
+def make_training_env(
+    env_id: str, env_kwargs: dict, n_envs: int, seed: int, sample_every: int = 0, vec_env: str = "dummy"
+):
+    """A Monitor-wrapped VecEnv of ``n_envs`` copies (episode grids with ``sample_every`` > 0).
+
+    ``vec_env="subproc"`` runs each copy in its own process with the "spawn" start method (what
+    CUDA needs); each copy then holds its own diffusion model.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from ..envs.wrappers import EpisodeEndSamples
+
+    kwargs = dict(env_kwargs)
+    wrapper_class, wrapper_kwargs = None, None
+    if sample_every > 0:
+        kwargs["render_mode"] = "rgb_array"
+        wrapper_class, wrapper_kwargs = EpisodeEndSamples, {"every": sample_every}
+    if vec_env not in ("dummy", "subproc"):
+        raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_env!r}")
+    return make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=kwargs,
+        wrapper_class=wrapper_class,
+        wrapper_kwargs=wrapper_kwargs,
+        vec_env_cls=SubprocVecEnv if vec_env == "subproc" else DummyVecEnv,
+        vec_env_kwargs={"start_method": "spawn"} if vec_env == "subproc" else None,
+    )
+
+
+def _latest_checkpoint(directory: Path, prefix: str, suffix: str) -> tuple[Path, int] | None:
+    best = None
+    for p in directory.glob(f"{prefix}_*_steps{suffix}"):
+        m = re.fullmatch(rf"{re.escape(prefix)}_(\d+)_steps{re.escape(suffix)}", p.name)
+        if m and (best is None or int(m.group(1)) > best[1]):
+            best = (p, int(m.group(1)))
+    return best
+
+
+def _action_noise(noise_type: str | None, noise_std: float, action_dim: int):
+    from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+    if noise_type is None:
+        return None
+    mean, sigma = np.zeros(action_dim), noise_std * np.ones(action_dim)
+    if noise_type == "normal":
+        return NormalActionNoise(mean, sigma)
+    if noise_type == "ornstein-uhlenbeck":
+        return OrnsteinUhlenbeckActionNoise(mean, sigma)
+    raise ValueError(f"noise_type must be 'normal' or 'ornstein-uhlenbeck', got {noise_type!r}")
+
+
+def train_agent(
+    algo: str,
+    env_id: str = "unlearn_gym/SISS-v0",
+    total_timesteps: int = 2048,
+    *,
+    seed: int = 0,
+    out: str | Path = "runs/agent",
+    env_kwargs: dict | None = None,
+    hyperparams_file: str | Path | None = None,
+    overrides: dict | None = None,
+    device: str = "cpu",
+    tensorboard: bool = True,
+    progress_bar: bool = True,
+    checkpoint_freq: int = 0,
+    resume: bool = False,
+    sample_every: int = 10,
+    vec_env: str = "dummy",
+    verbose: int = 0,
+) -> TrainResult:
+    """Train ``algo`` on ``env_id`` for ``total_timesteps`` env steps and export the agent.
+
+    Args:
+        algo: "ppo", "sac", "td3", "ddpg" (SB3) or "mcpg".
+        env_id: any registered env id; ``env_kwargs`` go to ``gymnasium.make`` (merged over the
+            YAML's ``env_kwargs``).
+        hyperparams_file: a zoo-style YAML of your own; None = ``unlearn_gym/agents/hyperparams/<algo>.yml``.
+        overrides: hyperparameters replacing the YAML's.
+        device: where the agent's networks live (SB3's MLP policies are fastest on the CPU; the
+            diffusion model's device is the env's ``device`` keyword).
+        checkpoint_freq: save a checkpoint every this many env steps (0 = none).
+        resume: continue from the newest checkpoint in ``out/checkpoints``.
+        sample_every: log a sample grid to TensorBoard every this many episodes (0 = never).
+    """
+    if algo not in ALGO_NAMES:
+        raise ValueError(f"algo must be one of {ALGO_NAMES}, got {algo!r}")
+    if total_timesteps < 1:
+        raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hp = load_hyperparams(algo, env_id, hyperparams_file, overrides)
+    env_kwargs = {**hp.pop("env_kwargs", {}), **(env_kwargs or {})}
+    t0 = time.perf_counter()
+    if algo == "mcpg":
+        timesteps = _train_mcpg(
+            hp, env_id, env_kwargs, total_timesteps, seed, out, tensorboard, progress_bar, checkpoint_freq, resume,
+            sample_every, verbose,
+        )  # fmt: skip
+    else:
+        timesteps = _train_sb3(
+            algo, hp, env_id, env_kwargs, total_timesteps, seed, out, device, tensorboard, progress_bar,
+            checkpoint_freq, resume, sample_every, vec_env, verbose,
+        )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    write_json_atomic(
+        {
+            "algo": algo,
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "hyperparams": hp,
+            "seed": seed,
+            "total_timesteps": timesteps,
+            "resumed": resume,
+            "seconds": round(seconds, 1),
+        },
+        out / "train.json",
+    )
+    return TrainResult(out, out / "agent", algo, timesteps, seconds)
+
+
+def _train_sb3(
+    algo, hp, env_id, env_kwargs, total_timesteps, seed, out, device, tensorboard, progress_bar,
+    checkpoint_freq, resume, sample_every, vec_env, verbose,
+) -> int:  # fmt: skip
+    from stable_baselines3.common.callbacks import CheckpointCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from .callbacks import UnlearningLogCallback
+
+    cls = SB3_ALGOS()[algo]
+    hp = dict(hp)
+    policy = hp.pop("policy", "MlpPolicy")
+    n_envs = int(hp.pop("n_envs", 1))
+    normalize = hp.pop("normalize", False)
+    noise_type, noise_std = hp.pop("noise_type", None), float(hp.pop("noise_std", 0.1))
+    policy_kwargs_json = dict(hp.pop("policy_kwargs", {}) or {})
+    policy_kwargs = dict(policy_kwargs_json)
+    if isinstance(policy_kwargs.get("activation_fn"), str):
+        policy_kwargs["activation_fn"] = activation_class(policy_kwargs["activation_fn"])
+
+    venv = make_training_env(env_id, env_kwargs, n_envs, seed, sample_every, vec_env)
+    ckpt_dir = out / "checkpoints"
+    latest = _latest_checkpoint(ckpt_dir, algo, ".zip") if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(
+            f"resume: no checkpoint {algo}_<N>_steps.zip in {ckpt_dir}; train without --resume first"
+        )
+    tb = str(out / "tb") if tensorboard else None
+    if latest is not None:
+        path, steps = latest
+        if normalize:
+            stats = ckpt_dir / f"{algo}_vecnormalize_{steps}_steps.pkl"
+            venv = VecNormalize.load(str(stats), venv)
+            venv.training = True
+        model = cls.load(str(path), env=venv, device=device, tensorboard_log=tb)
+        buffer = ckpt_dir / f"{algo}_replay_buffer_{steps}_steps.pkl"
+        if buffer.is_file() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(str(buffer))
+    else:
+        if normalize:
+            venv = VecNormalize(venv, **(normalize if isinstance(normalize, dict) else {}))
+        action_noise = _action_noise(noise_type, noise_std, venv.action_space.shape[0])
+        extra = {"action_noise": action_noise} if action_noise is not None else {}
+        model = cls(
+            policy, venv, seed=seed, device=device, tensorboard_log=tb, policy_kwargs=policy_kwargs,
+            verbose=verbose, **extra, **hp,
+        )  # fmt: skip
+    callbacks = [UnlearningLogCallback()]
+    if checkpoint_freq > 0:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(checkpoint_freq // n_envs, 1),
+                save_path=str(ckpt_dir),
+                name_prefix=algo,
+                save_replay_buffer=hasattr(model, "replay_buffer"),
+                save_vecnormalize=bool(normalize),
+            )
+        )
+    remaining = total_timesteps - model.num_timesteps
+    if remaining > 0:
+        model.learn(
+            remaining,
+            callback=callbacks,
+            tb_log_name=algo,
+            reset_num_timesteps=latest is None,
+            progress_bar=progress_bar,
+        )
+    model.save(str(out / "model.zip"))
+    for key, value in model.policy_kwargs.items():  # defaults the algorithm added (DDPG: n_critics=1)
+        if key not in policy_kwargs_json and isinstance(value, (bool, int, float, str, list)):
+            policy_kwargs_json[key] = value
+    obs_rms = None
+    if isinstance(venv, VecNormalize):
+        venv.save(str(out / "vecnormalize.pkl"))
+        obs_rms = venv.obs_rms if venv.norm_obs else None
+    export_agent(
+        out / "agent",
+        algo=algo,
+        policy=model.policy,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        policy_kwargs=policy_kwargs_json,
+        observation_space=venv.observation_space,
+        action_space=venv.action_space,
+        obs_rms=obs_rms,
+        normalize={"clip_obs": venv.clip_obs, "epsilon": venv.epsilon} if isinstance(venv, VecNormalize) else None,
+        extra={"timesteps": int(model.num_timesteps), "seed": seed},
+    )
+    venv.close()
+    return int(model.num_timesteps)
+
+
+def _train_mcpg(
+    hp, env_id, env_kwargs, total_timesteps, seed, out, tensorboard, progress_bar, checkpoint_freq, resume,
+    sample_every, verbose,
+) -> int:  # fmt: skip
+    from stable_baselines3.common.logger import configure
+
+    from ..envs.wrappers import EpisodeEndSamples
+    from .mcpg import MCPG
+
+    hp = dict(hp)
+    hp.pop("n_envs", None)
+    kwargs: dict[str, Any] = dict(env_kwargs)
+    if sample_every > 0:
+        kwargs["render_mode"] = "rgb_array"
+    env = gym.make(env_id, **kwargs)
+    if sample_every > 0:
+        env = EpisodeEndSamples(env, every=sample_every)
+    formats = (["tensorboard"] if tensorboard else []) + (["stdout"] if verbose else [])
+    logger = configure(str(out / "tb" / "mcpg_1"), formats) if formats else None
+    model = MCPG(env, seed=seed, logger=logger, **hp)
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        latest = _latest_checkpoint(ckpt_dir, "mcpg", ".safetensors")
+        if latest is None:
+            raise FileNotFoundError(f"resume: no checkpoint mcpg_<N>_steps.safetensors in {ckpt_dir}")
+        model.load(latest[0])
+    last_saved = [model.num_timesteps]
+
+    def checkpoint(m: MCPG) -> None:
+        if checkpoint_freq > 0 and m.num_timesteps - last_saved[0] >= checkpoint_freq:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            m.save(ckpt_dir / f"mcpg_{m.num_timesteps}_steps.safetensors")
+            last_saved[0] = m.num_timesteps
+
+    model.learn(total_timesteps, progress_bar=progress_bar, checkpoint=checkpoint)
+    model.save(out / "model.safetensors")
+    export_agent(
+        out / "agent",
+        algo="mcpg",
+        policy=model.policy,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        policy_kwargs=model.policy_kwargs(),
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        extra={"timesteps": model.num_timesteps, "seed": seed, "hyperparams": model.hyperparams},
+    )
+    env.close()
+    return model.num_timesteps

@@ -1,0 +1,476 @@
+"""The benchmark runner: λ-policies and agents × seeds × instances on one env, on equal terms.
+
+For every policy, seed s and instance i, one episode: ``policy.reset(s)``, ``env.reset(seed=s,
+options={"instance": i})``, then ``predict`` → ``step`` → ``observe`` until the episode ends. Every
+policy sees the same seeds, so the same batches, probes and initial model. The true (undiscounted,
+unnormalised) episode return is recorded, and the unlearned model is evaluated by sampling (forget
+rate, retain accuracy; the Table-1 metrics on request) with one fixed evaluation seed, the same
+noise for every model. Summaries are the mean and the 95% confidence half-width of Student's t
+over the episodes of each policy.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BENCH_ENV_KWARGS",
+    "DEFAULT_POLICIES",
+    "BenchConfig",
+    "confidence_interval",
+    "policy_from_spec",
+    "run_benchmark",
+    "write_report",
+    "SUMMARY_METRICS",
+]
+
+BENCH_ENV_KWARGS = {"batch_size": 16, "horizon": 20}
+"""The main job's SISS-v0 settings: short episodes of small batches, so that 4 policies × 5 seeds
+fit in 10 minutes on a 2-core CPU (the bundled PPO agent was trained at these settings)."""
+
+DEFAULT_POLICIES = ("static:0.5", "vi-adaptive", "random", "ppo")
+"""The main job's policies: SISS's fixed λ, Algorithm 2, uniform random λ, the bundled PPO agent."""
+
+SUMMARY_METRICS = ("return", "forget_rate", "retain_accuracy", "contaminated_label_accuracy", "efficacy", "degradation")
+
+
+def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the two-sided Student-t confidence interval of the mean.
+
+    half-width = t_{(1+confidence)/2, n−1} · s/√n with s the sample standard deviation (ddof 1);
+    NaN for n < 2. Non-finite values are dropped first.
+    """
+    from scipy.stats import t as student_t
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) < 2:
+        return float(x.mean()), float("nan")
+    q = float(student_t.ppf((1.0 + confidence) / 2.0, len(x) - 1))
+    return float(x.mean()), q * float(x.std(ddof=1)) / math.sqrt(len(x))
+
+
+def policy_from_spec(spec: str, *, seed: int = 0):
+    """A policy from a short spec.
+
+    ``static:L`` · ``random`` (or ``random:LO:HI``) · ``linear:START:END`` · ``cosine:START:END`` ·
+    ``vi-adaptive`` · ``ppo`` (the bundled PPO agent) · ``agent:DIR`` (an agent exported by
+    ``unlearn-gym train``).
+    """
+    from .baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda
+
+    kind, _, rest = spec.partition(":")
+    args = rest.split(":") if rest else []
+
+    def floats(n_min: int, n_max: int) -> list[float]:
+        if not n_min <= len(args) <= n_max:
+            raise ValueError(f"policy {spec!r}: expected {kind}" + ":X" * n_min + f" ({n_min}–{n_max} numbers)")
+        try:
+            return [float(a) for a in args]
+        except ValueError:
+            raise ValueError(f"policy {spec!r}: {args} are not numbers") from None
+
+    if kind == "static":
+        return StaticLambda(*floats(1, 1))
+    if kind == "random":
+        return RandomLambda(*floats(0, 2), seed=seed)
+    if kind == "linear":
+        return LinearSchedule(*floats(0, 2))
+    if kind == "cosine":
+        return CosineSchedule(*floats(0, 2))
+    if kind == "vi-adaptive":
+        from .baselines.vi_adaptive import VIAdaptive
+
+        return VIAdaptive(seed=seed)
+    if kind in ("ppo", "agent"):
+        from .agents.policy import load_agent
+        from .assets import bundled_agent_dir
+
+        path = rest if kind == "agent" else bundled_agent_dir()
+        if kind == "agent" and not rest:
+            raise ValueError("policy 'agent:DIR' needs the directory of an exported agent")
+        return load_agent(path)
+    raise ValueError(
+        f"unknown policy {spec!r}: use static:L, random, linear:A:B, cosine:A:B, vi-adaptive, ppo or agent:DIR"
+    )
+
+
+def policy_name(spec: str, policy) -> str:
+    if spec == "ppo":
+        return "ppo (bundled)"
+    if spec.startswith("agent:"):
+        return f"{getattr(policy, 'algo', 'agent')}:{Path(spec[6:]).name or spec[6:]}"
+    return getattr(policy, "name", spec)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What the runner does; every policy gets exactly the same."""
+
+    env_id: str = "unlearn_gym/SISS-v0"
+    env_kwargs: dict = field(default_factory=lambda: dict(BENCH_ENV_KWARGS))
+    """Keywords of ``gymnasium.make`` (checkpoint, device, batch_size, horizon, ...)."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    instances: tuple[int | None, ...] = (None,)
+    """``reset(options={"instance": i})`` values (None: the whole forget set)."""
+    samples_per_label: int = 10
+    """Evaluation samples per label (forget rate and retain accuracy), 0 = no sample evaluation."""
+    ddim_steps: int = 10
+    eval_seed: int = 0
+    """Seed of the evaluation's initial noise: the same for every model, before and after."""
+    metrics: str = "basic"
+    """"basic": forget rate and retain accuracy; "full": also Table 1 (FID/KID/IS/SSIM) per policy."""
+    deterministic: bool = True
+    """Passed to every ``predict`` (SB3's ``evaluate_policy`` default)."""
+    classifier: str | None = None
+    """The evaluation classifier's directory (default: the checkpoint's, or the bundled one)."""
+    grid_columns: int = 8
+    """Samples per label in the before/after grids."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if not self.instances:
+            raise ValueError("instances must not be empty (use (None,) for the whole forget set)")
+        if self.samples_per_label < 0 or self.ddim_steps < 1:
+            raise ValueError("samples_per_label must be >= 0 and ddim_steps >= 1")
+        if self.metrics not in ("basic", "full"):
+            raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_benchmark(
+    policies: Mapping[str, Any],
+    config: BenchConfig = BenchConfig(),
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _log,
+) -> dict:
+    """Run every policy on every (seed, instance) and evaluate each unlearned model.
+
+    Args:
+        policies: name → policy with ``predict(obs, state, episode_start, deterministic)``; the
+            runner also calls ``reset(seed)`` and ``observe(...)`` where a policy has them.
+        config: env, seeds, instances and evaluation settings.
+
+    Returns:
+        JSON-able dict: ``settings``, ``pretrained`` (evaluation of the model at reset),
+        ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n) and
+        ``warnings``; plus the non-JSON ``_grids`` (before/after sample tensors) that
+        :func:`write_report` draws and drops.
+    """
+    import gymnasium as gym
+    import torch
+    from tqdm.auto import tqdm
+
+    import unlearn_gym  # noqa: F401  (registers the envs)
+
+    from .metrics.classifier import classifier_dir_for, load_classifier
+    from .metrics.forget import evaluate_model
+    from .models.checkpoint import load_model_config
+
+    log = log or (lambda _msg: None)
+    env = gym.make(config.env_id, **config.env_kwargs)
+    base = env.unwrapped
+    warnings: list[str] = []
+    for name, policy in policies.items():
+        trained_on = getattr(policy, "env_kwargs", None)
+        if trained_on is not None:
+            differ = {
+                k: (trained_on.get(k), base.config.__dict__.get(k))
+                for k in ("batch_size", "horizon", "lr", "action_mode", "objective")
+                if k in trained_on and trained_on.get(k) != base.config.__dict__.get(k)
+            }
+            if differ:
+                warnings.append(f"{name} was trained with other env settings (trained, benched): {differ}")
+        if getattr(policy, "env_id", config.env_id) != config.env_id:
+            warnings.append(f"{name} was trained on {policy.env_id}, benched on {config.env_id}")
+    for w in warnings:
+        log(f"warning: {w}")
+
+    evaluate = None
+    if config.samples_per_label > 0:
+        from .assets import bundled_model_dir
+
+        checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+        model_config = load_model_config(checkpoint)
+        classifier = load_classifier(classifier_dir_for(checkpoint, model_config, config.classifier), base.device)
+        scen = model_config["scenario"]
+        eval_kw = dict(
+            num_labels=scen["num_labels"],
+            contaminated_label=scen["contaminated_label"],
+            contaminant_class=scen["contaminant_class"],
+            samples_per_label=config.samples_per_label,
+            num_inference_steps=config.ddim_steps,
+            seed=config.eval_seed,
+            scheduler_config=model_config.get("scheduler"),
+            progress=False,
+        )
+
+        def evaluate():
+            return evaluate_model(base.engine.unet, classifier, **eval_kw)
+
+    # the pretrained model, once: every reset restores exactly these weights
+    env.reset(seed=config.seeds[0], options=None if config.instances[0] is None else {"instance": config.instances[0]})
+    pretrained, grids, samples = None, {}, {}
+    if evaluate is not None:
+        t0 = time.perf_counter()
+        ev = evaluate()
+        pretrained = {k: v for k, v in ev.figures.items() if k != "per_label"} | {"per_label": ev.figures["per_label"]}
+        grids["pretrained"] = _grid_images(ev, scen["num_labels"], config)
+        samples["pretrained"] = (ev.images, ev.labels)
+        log(
+            f"pretrained: forget_rate {ev.figures['forget_rate']:.3f}, retain_accuracy "
+            f"{ev.figures['retain_accuracy']:.3f} ({time.perf_counter() - t0:.1f} s)"
+        )
+
+    runs = [(n, s, i) for n in policies for s in config.seeds for i in config.instances]
+    episodes = []
+    bar = tqdm(runs, desc="bench", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    for name, seed, instance in bar:
+        policy = policies[name]
+        bar.set_postfix_str(f"{name} seed {seed}")
+        if hasattr(policy, "reset"):
+            policy.reset(seed)
+        t0 = time.perf_counter()
+        obs, _ = env.reset(seed=seed, options=None if instance is None else {"instance": instance})
+        lams, rewards, done, info, episode_start = [], [], False, {}, True
+        while not done:
+            action, _ = policy.predict(obs, episode_start=np.array([episode_start]), deterministic=config.deterministic)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            if hasattr(policy, "observe"):
+                policy.observe(obs, action, reward, next_obs, terminated, truncated, info)
+            lams.append(float(info["lam"]))
+            rewards.append(float(reward))
+            obs, done, episode_start = next_obs, terminated or truncated, False
+        t1 = time.perf_counter()
+        record = {
+            "policy": name,
+            "seed": seed,
+            "instance": instance,
+            "return": float(np.sum(rewards)),
+            "length": len(rewards),
+            "diverged": bool(info.get("diverged", False)),
+            "efficacy": float(info.get("efficacy", float("nan"))),
+            "degradation": float(info.get("degradation", float("nan"))),
+            "mean_lambda": float(np.mean(lams)),
+            "lambdas": lams,
+            "rewards": rewards,
+            "seconds_unlearn": round(t1 - t0, 3),
+        }
+        if evaluate is not None:
+            ev = evaluate()
+            record |= {
+                k: float(ev.figures[k]) for k in ("forget_rate", "retain_accuracy", "contaminated_label_accuracy")
+            }
+            record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
+            if name not in grids:
+                grids[name] = _grid_images(ev, scen["num_labels"], config)
+            if config.metrics == "full":
+                imgs, labels = samples.get(name, (None, None))
+                samples[name] = (
+                    ev.images if imgs is None else torch.cat([imgs, ev.images]),
+                    ev.labels if labels is None else torch.cat([labels, ev.labels]),
+                )
+        episodes.append(record)
+    bar.close()
+
+    summary = {}
+    for name in policies:
+        rows = [e for e in episodes if e["policy"] == name]
+        summary[name] = {}
+        for metric in SUMMARY_METRICS:
+            if metric in rows[0]:
+                mean, half = confidence_interval([r[metric] for r in rows])
+                summary[name][metric] = {"mean": mean, "ci95": half, "n": len(rows)}
+        summary[name]["diverged"] = sum(r["diverged"] for r in rows)
+
+    result = {
+        "settings": {**asdict(config), "policies": list(policies), "device": str(base.device)},
+        "pretrained": pretrained,
+        "summary": summary,
+        "episodes": episodes,
+        "warnings": warnings,
+        "_grids": grids,
+    }
+    if config.metrics == "full" and evaluate is not None:
+        from .metrics.table import SampleSet, fidelity_table
+
+        log("Table 1 metrics (FID/KID/IS/SSIM with the classifier's features) ...")
+        sets = {n: SampleSet(x, y) for n, (x, y) in samples.items()}
+        result["fidelity"] = fidelity_table(sets, base.scenario, classifier, per_class=False, seed=config.eval_seed)
+    env.close()
+    return result
+
+
+def _grid_images(evaluation, num_labels: int, config: BenchConfig):
+    """(L, k, C, H, W): the first k evaluation samples of every label, on the CPU."""
+    per, k = config.samples_per_label, min(config.samples_per_label, config.grid_columns)
+    imgs = evaluation.images.detach().cpu()
+    return imgs.view(num_labels, per, *imgs.shape[1:])[:, :k]
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _fmt(cell: dict | None, digits: int = 3) -> str:
+    if not cell or not np.isfinite(cell.get("mean", float("nan"))):
+        return "–"
+    half = cell.get("ci95", float("nan"))
+    return f"{cell['mean']:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{cell['mean']:.{digits}f}"
+
+
+def to_markdown(result: dict, command: str | None = None) -> str:
+    """The summary table (mean ± 95% CI half-width per policy) with the settings."""
+    s = result["settings"]
+    lines = ["# unlearn-gym bench", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines.append(
+        f"{s['env_id']} {s['env_kwargs']}, seeds {list(s['seeds'])}, instances {list(s['instances'])}, "
+        f"device {s['device']}; evaluation: {s['samples_per_label']} samples per label, {s['ddim_steps']} DDIM "
+        f"steps, seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes."
+    )
+    lines.append("")
+    header = "| policy | n | return | forget_rate ↓ | retain_accuracy ↑ | efficacy | degradation | diverged |"
+    lines += [header, "|---|---|---|---|---|---|---|---|"]
+    pre = result.get("pretrained")
+    if pre:
+        lines.append(
+            f"| pretrained (no unlearning) | – | – | {pre['forget_rate']:.3f} | {pre['retain_accuracy']:.3f} | – | – | – |"
+        )
+    for name, row in result["summary"].items():
+        n = row["return"]["n"]
+        lines.append(
+            f"| {name} | {n} | {_fmt(row['return'], 4)} | {_fmt(row.get('forget_rate'))} | "
+            f"{_fmt(row.get('retain_accuracy'))} | {_fmt(row['efficacy'], 4)} | {_fmt(row['degradation'], 4)} | "
+            f"{row['diverged']} |"
+        )
+    for w in result.get("warnings", []):
+        lines += ["", f"Warning: {w}"]
+    if "fidelity" in result:
+        from .metrics.table import to_markdown as fidelity_markdown
+
+        lines += [
+            "",
+            "## Table 1 metrics (samples of all episodes pooled per policy)",
+            "",
+            fidelity_markdown(result["fidelity"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def json_summary(result: dict) -> dict:
+    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} → {mean, ci95}."""
+    out = {}
+    for name, row in result["summary"].items():
+        out[name] = {
+            k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
+            for k in ("return", "forget_rate", "retain_accuracy")
+            if k in row
+        }
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def write_report(result: dict, out: str | Path, command: str | None = None) -> dict[str, Path]:
+    """bench.md, bench.csv (one row per episode), bench.json and the PNG plots, into ``out``."""
+    from .models.checkpoint import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    grids = result.pop("_grids", {})
+    paths = {"markdown": out / "bench.md", "csv": out / "bench.csv", "json": out / "bench.json"}
+    paths["markdown"].write_text(to_markdown(result, command))
+    cols = ["policy", "seed", "instance", "return", "length", "diverged", "efficacy", "degradation", "mean_lambda"]
+    cols += [c for c in ("forget_rate", "retain_accuracy", "contaminated_label_accuracy") if c in result["episodes"][0]]
+    cols += [c for c in ("seconds_unlearn", "seconds_evaluate") if c in result["episodes"][0]]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["episodes"])
+    write_json_atomic(_jsonable(result | {"command": command}), paths["json"])
+    paths |= _plots(result, grids, out)
+    result["_grids"] = grids
+    return paths
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
+def _plots(result: dict, grids: dict, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    names = list(result["summary"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k, name in enumerate(names):
+        color = f"C{k}"
+        rows = [e for e in result["episodes"] if e["policy"] == name]
+        lam = np.array([r["lambdas"] for r in rows if len(r["lambdas"]) == len(rows[0]["lambdas"])])
+        ret = np.array([np.cumsum(r["rewards"]) for r in rows if len(r["rewards"]) == len(rows[0]["rewards"])])
+        steps = np.arange(1, lam.shape[1] + 1)
+        for trace in lam:
+            axes[0].plot(steps, trace, color=color, alpha=0.25, lw=0.8)
+        axes[0].plot(steps, lam.mean(0), color=color, lw=2, label=name)
+        mean = ret.mean(0)
+        half = np.array([confidence_interval(ret[:, j])[1] for j in range(ret.shape[1])]) if len(ret) > 1 else 0 * mean
+        axes[1].plot(steps, mean, color=color, lw=2, label=name)
+        axes[1].fill_between(steps, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=color, alpha=0.2)
+    axes[0].set(xlabel="step t", ylabel="λ_t", title="λ trajectories (thin: episodes; thick: mean)", ylim=(-0.02, 1.02))
+    axes[1].set(xlabel="step t", ylabel="Σ_{k≤t} r_k", title="cumulative reward (mean ± 95% CI)")
+    axes[1].axhline(0, color="k", lw=0.5)
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths["curves"] = out / "curves.png"
+    fig.savefig(paths["curves"], dpi=120)
+    plt.close(fig)
+    if grids:
+        panels = list(grids)
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 4.2), squeeze=False)
+        for ax, name in zip(axes[0], panels):
+            g = grids[name]  # (L, k, C, H, W) in [−1, 1]
+            L, k, c, h, w = g.shape
+            img = (g.clamp(-1, 1) * 0.5 + 0.5).permute(0, 3, 1, 4, 2).reshape(L * h, k * w, c).numpy()
+            ax.imshow(img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(
+                name if name == "pretrained" else f"{name}\n(after, seed {result['settings']['seeds'][0]})", fontsize=8
+            )
+            ax.set_yticks([(y + 0.5) * h for y in range(L)], [str(y) for y in range(L)], fontsize=6)
+            ax.set_xticks([])
+        axes[0][0].set_ylabel("label")
+        fig.suptitle("samples before (pretrained) and after unlearning; same initial noise", fontsize=9)
+        fig.tight_layout()
+        paths["samples"] = out / "samples.png"
+        fig.savefig(paths["samples"], dpi=120)
+        plt.close(fig)
+    return paths
