@@ -64,18 +64,8 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
-    argv += [
-        "--samples",
-        "2",
-        "--ddim-steps",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path),
-        "--json",
-        "--no-progress",
-    ]
+    argv += ["--samples", "2", "--ddim-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
+    argv += ["--json", "--no-progress", "--metrics", "full"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"static:0.5", "linear:0.9:0.1"}
@@ -88,3 +78,6 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
     assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()
+    # --metrics full: Table 1 over each policy's pooled samples, and the pretrained model
+    assert set(full["fidelity"]["models"]) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
+    assert "Table 1" in (tmp_path / "bench.md").read_text()
