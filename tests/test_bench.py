@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from unlearn_gym.bench import BenchConfig, confidence_interval, policy_from_spec, run_benchmark
+from unlearn_gym.bench import BenchConfig, confidence_interval, make_kwargs, policy_from_spec, run_benchmark
 
 
 def test_confidence_interval_matches_a_hand_computed_case():
@@ -29,6 +29,8 @@ def test_policy_specs():
         policy_from_spec("greedy")
     with pytest.raises(ValueError, match="not numbers"):
         policy_from_spec("static:half")
+    # a horizon beyond the registered 100 steps moves the TimeLimit with it
+    assert make_kwargs({"horizon": 150, "batch_size": 8}) == {"horizon": 150, "batch_size": 8, "max_episode_steps": 150}
 
 
 def _config(tiny_checkpoint, **kw):

@@ -26,6 +26,7 @@ __all__ = [
     "BENCH_ENV_KWARGS",
     "DEFAULT_POLICIES",
     "BenchConfig",
+    "make_kwargs",
     "confidence_interval",
     "policy_from_spec",
     "run_benchmark",
@@ -148,6 +149,15 @@ class BenchConfig:
             raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
 
 
+def make_kwargs(env_kwargs: Mapping[str, Any]) -> dict:
+    """Keywords of ``gymnasium.make``: with a ``horizon``, the TimeLimit follows it (the registered
+    ``max_episode_steps`` of 100 would otherwise cut longer episodes short)."""
+    kwargs = dict(env_kwargs)
+    if "horizon" in kwargs and "max_episode_steps" not in kwargs:
+        kwargs["max_episode_steps"] = int(kwargs["horizon"])
+    return kwargs
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -183,7 +193,7 @@ def run_benchmark(
     from .models.checkpoint import load_model_config
 
     log = log or (lambda _msg: None)
-    env = gym.make(config.env_id, **config.env_kwargs)
+    env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
     base = env.unwrapped
     warnings: list[str] = []
     for name, policy in policies.items():

@@ -56,9 +56,10 @@ def make_training_env(
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    from ..bench import make_kwargs
     from ..envs.wrappers import EpisodeEndSamples
 
-    kwargs = dict(env_kwargs)
+    kwargs = make_kwargs(env_kwargs)
     wrapper_class, wrapper_kwargs = None, None
     if sample_every > 0:
         kwargs["render_mode"] = "rgb_array"
@@ -271,7 +272,9 @@ def _train_mcpg(
 
     hp = dict(hp)
     hp.pop("n_envs", None)
-    kwargs: dict[str, Any] = dict(env_kwargs)
+    from ..bench import make_kwargs
+
+    kwargs: dict[str, Any] = make_kwargs(env_kwargs)
     if sample_every > 0:
         kwargs["render_mode"] = "rgb_array"
     env = gym.make(env_id, **kwargs)
