@@ -16,12 +16,19 @@ __version__ = "0.1.0"
 __all__ = ["__version__"]
 
 
+_ENVS = {
+    "SISS-v0": "unlearn_gym.envs.siss_env:SISSEnv",
+    "SFD-v0": "unlearn_gym.envs.sfd_env:SFDEnv",
+}
+
+
 def _register() -> None:
     # "unlearn_gym/SISS-v0" is the id; "SISS-v0" is the name that gymnasium.make("unlearn_gym:SISS-v0")
     # looks up after importing this module.
-    for env_id in ("unlearn_gym/SISS-v0", "SISS-v0"):
-        if env_id not in registry:
-            register(id=env_id, entry_point="unlearn_gym.envs.siss_env:SISSEnv", max_episode_steps=100)
+    for name, entry_point in _ENVS.items():
+        for env_id in (f"unlearn_gym/{name}", name):
+            if env_id not in registry:
+                register(id=env_id, entry_point=entry_point, max_episode_steps=100)
 
 
 _register()

@@ -150,7 +150,9 @@ def _format_table(figures: dict) -> str:
     s = figures["seconds"]
     lines.append("")
     lines.append(
-        f"{figures['samples_per_label']} samples per label, {figures['ddim_steps']} DDIM steps, seed {figures['seed']}; "
+        f"{figures['samples_per_label']} samples per label, "
+        + (f"{figures['ddim_steps']} DDIM steps" if figures.get("ddim_steps") else "the one-step generator")
+        + f", seed {figures['seed']}; "
         f"{s['total']:.1f} s ({s['sampling']:.1f} s sampling)"
     )
     return "\n".join(lines)
@@ -169,6 +171,7 @@ def _evaluation_kwargs(config: dict, args: argparse.Namespace, *, seed: int, bat
         batch_size=batch_size,
         scheduler_config=config.get("scheduler"),
         progress=not args.no_progress,
+        sampler=config.get("sampler"),
     )
 
 

@@ -1,6 +1,6 @@
 """Gymnasium environments (registered at ``import unlearn_gym``) and opt-in wrappers."""
 
-__all__ = ["SISSEnv", "EpisodeEndSamples"]
+__all__ = ["SISSEnv", "SFDEnv", "EpisodeEndSamples"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch
@@ -8,6 +8,10 @@ def __getattr__(name):  # lazy: importing the package must not import torch
         from .siss_env import SISSEnv
 
         return SISSEnv
+    if name == "SFDEnv":
+        from .sfd_env import SFDEnv
+
+        return SFDEnv
     if name == "EpisodeEndSamples":
         from .wrappers import EpisodeEndSamples
 

@@ -89,8 +89,12 @@ def evaluate_model(
     batch_size: int = 125,
     scheduler_config: dict | None = None,
     progress: bool = True,
+    sampler: dict | None = None,
 ) -> SampleEvaluation:
-    """Sample ``samples_per_label`` images of every label with DDIM and score them.
+    """Sample ``samples_per_label`` images of every label and score them.
+
+    ``sampler``: None (DDIM with ``num_inference_steps``) or a model config's ``"sampler"`` entry,
+    e.g. ``{"kind": "one-step", "t_star": 440}`` for an SFD generator.
 
     Equal ``seed`` (and settings, on the same device) gives equal figures: the initial noise comes
     from one generator seeded with ``seed``.
@@ -105,6 +109,7 @@ def evaluate_model(
         batch_size=batch_size,
         scheduler_config=scheduler_config,
         progress=progress,
+        sampler=sampler,
     )
     t1 = time.perf_counter()
     classifier = classifier.to(images.device)
@@ -119,7 +124,8 @@ def evaluate_model(
     )
     figures |= {
         "samples_per_label": samples_per_label,
-        "ddim_steps": num_inference_steps,
+        "ddim_steps": num_inference_steps if (sampler or {}).get("kind", "ddim") == "ddim" else None,
+        "sampler": sampler or {"kind": "ddim"},
         "seed": seed,
         "seconds": {"sampling": round(t1 - t0, 3), "classify": round(t2 - t1, 3), "total": round(t2 - t0, 3)},
     }

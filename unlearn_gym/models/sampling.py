@@ -1,4 +1,4 @@
-"""DDIM sampling from a class-conditional DDPM (Song et al. 2021, η = 0 by default)."""
+"""Sampling a class-conditional DDPM: DDIM (Song et al. 2021, η = 0 by default), or SFD's one-step generator."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from .unet import make_scheduler
 
-__all__ = ["sample_ddim", "sample_per_label"]
+__all__ = ["sample_ddim", "sample_one_step", "sample_per_label"]
 
 
 @torch.no_grad()
@@ -64,15 +64,51 @@ def sample_ddim(
     return torch.cat(chunks) if chunks else torch.empty((0, *shape), device=device, dtype=dtype)
 
 
+@torch.no_grad()
+def sample_one_step(
+    unet: torch.nn.Module,
+    labels: torch.Tensor,
+    *,
+    t_star: int = 440,
+    generator: torch.Generator | None = None,
+    scheduler_config: dict | None = None,
+    batch_size: int = 125,
+) -> torch.Tensor:
+    """SFD's one-step generator: G(z, c) = (x_in − σ_{t*}·ε(x_in, t*, c))/γ_{t*}, x_in = σ_{t*}·z, z ~ N(0, I)."""
+    from .unet import noise_schedule
+
+    param = next(unet.parameters())
+    device, dtype = param.device, param.dtype
+    cfg = unet.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    sched = noise_schedule(scheduler_config)
+    gamma, sigma = float(sched.gamma[t_star]), float(sched.sigma[t_star])
+    labels = labels.to(device)
+    was_training = unet.training
+    unet.eval()
+    chunks = []
+    for start in range(0, len(labels), batch_size):
+        y = labels[start : start + batch_size]
+        x_in = sigma * torch.randn((len(y), *shape), generator=generator, device=device, dtype=dtype)
+        t = torch.full((len(y),), int(t_star), device=device, dtype=torch.long)
+        chunks.append(((x_in - sigma * unet(x_in, t, class_labels=y).sample) / gamma).clamp(-1.0, 1.0))
+    unet.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty((0, *shape), device=device, dtype=dtype)
+
+
 def sample_per_label(
     unet: torch.nn.Module,
     num_labels: int,
     per_label: int,
     *,
     seed: int = 0,
+    sampler: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_label`` DDIM samples for each label 0..num_labels−1 from a generator seeded with ``seed``.
+    """``per_label`` samples for each label 0..num_labels−1 from a generator seeded with ``seed``.
+
+    ``sampler``: None or ``{"kind": "ddim"}`` for DDIM (``kwargs`` go to :func:`sample_ddim`);
+    ``{"kind": "one-step", "t_star": 440}`` for an SFD generator (what its checkpoint's config says).
 
     Returns:
         (images (num_labels·per_label, C, H, W), labels (num_labels·per_label,)), label-major order.
@@ -80,4 +116,12 @@ def sample_per_label(
     device = next(unet.parameters()).device
     labels = torch.arange(num_labels, device=device).repeat_interleave(per_label)
     generator = torch.Generator(device).manual_seed(seed)
+    kind = (sampler or {}).get("kind", "ddim")
+    if kind == "one-step":
+        keep = {k: v for k, v in kwargs.items() if k in ("scheduler_config", "batch_size")}
+        return sample_one_step(
+            unet, labels, t_star=int(sampler.get("t_star", 440)), generator=generator, **keep
+        ), labels
+    if kind != "ddim":
+        raise ValueError(f"sampler kind must be 'ddim' or 'one-step', got {kind!r}")
     return sample_ddim(unet, labels, generator=generator, **kwargs), labels
