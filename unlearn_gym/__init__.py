@@ -19,6 +19,7 @@ __all__ = ["__version__"]
 _ENVS = {
     "SISS-v0": "unlearn_gym.envs.siss_env:SISSEnv",
     "SFD-v0": "unlearn_gym.envs.sfd_env:SFDEnv",
+    "Hybrid-v0": "unlearn_gym.envs.hybrid_env:HybridEnv",
 }
 
 

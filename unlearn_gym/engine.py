@@ -20,7 +20,7 @@ from .models.checkpoint import load_tensors, save_tensors_atomic
 from .models.unet import noise_schedule
 from .objectives.siss import OBJECTIVES, SISSConfig, draw_batch, global_norm
 
-__all__ = ["StepStats", "UnlearningEngine", "STAT_NAMES"]
+__all__ = ["StepStats", "UnlearningEngine", "STAT_NAMES", "HybridEngine", "HybridStepStats", "HYBRID_STAT_NAMES"]
 
 STAT_NAMES = (
     "loss_r",  # ℓ_x: retain loss estimate of the step's batch
@@ -273,3 +273,115 @@ class UnlearningEngine:
     def load(self, path: str | Path) -> None:
         tensors, meta = load_tensors(path, device=self.device)
         self.load_state_dict({"tensors": tensors, "step": int(meta["step"])})
+
+
+HYBRID_STAT_NAMES = (
+    "loss_r",  # SISS's ℓ_x
+    "loss_f",  # SISS's ℓ_a
+    "loss_align",  # ℓ_align: the forget label's score against the teacher's retain-class mixture
+    "grad_siss_norm",  # ‖g_S‖ after SISS's surgery
+    "grad_align_norm",  # ‖∇ℓ_align‖
+    "forget_share",
+    "dloss_dlam",  # ∂L/∂λ = 2(w·ℓ_align − L_S)
+    "update_norm",
+    "probe_r",
+    "probe_f",
+)
+
+
+@dataclass(frozen=True)
+class HybridStepStats:
+    """Statistics of one hybrid update, as host floats (see ``HYBRID_STAT_NAMES``)."""
+
+    loss_r: float
+    loss_f: float
+    loss_align: float
+    grad_siss_norm: float
+    grad_align_norm: float
+    forget_share: float
+    dloss_dlam: float
+    update_norm: float
+    probe_r: float
+    probe_f: float
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.as_array())))
+
+    def as_array(self) -> np.ndarray:
+        return np.array([getattr(self, n) for n in HYBRID_STAT_NAMES], dtype=np.float64)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class HybridEngine(UnlearningEngine):
+    """:class:`UnlearningEngine` whose update is the SISS + SFD-alignment hybrid.
+
+    The frozen teacher is the engine's on-device copy of the pretrained weights (no extra copy).
+
+    Args:
+        target_classes: the labels whose teacher scores the forget label is aligned to.
+        hybrid: the hybrid's settings (its ``siss`` part replaces ``config``).
+        Other arguments as :class:`UnlearningEngine`.
+    """
+
+    def __init__(self, unet, retain, forget, hybrid=None, target_classes=(), **kwargs):
+        from .objectives.hybrid import HybridConfig
+
+        self.hybrid = hybrid if hybrid is not None else HybridConfig()
+        super().__init__(unet, retain, forget, self.hybrid.siss, **kwargs)
+        if not target_classes:
+            raise ValueError("HybridEngine needs at least one target class")
+        self.target_classes = torch.tensor(list(target_classes), dtype=torch.long, device=self.device)
+        self.teacher_params = dict(zip(self.params, self._pretrained))
+        self._target_weights: torch.Tensor | None = None
+
+    def set_target_weights(self, weights) -> None:
+        """π over ``target_classes`` (None: uniform)."""
+        if weights is None:
+            self._target_weights = None
+            return
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=self.device)
+        if w.shape != self.target_classes.shape:
+            raise ValueError(f"target weights: expected shape {tuple(self.target_classes.shape)}, got {tuple(w.shape)}")
+        self._target_weights = w
+
+    def _objective(self, lam: float, forget_scale: float):
+        from .objectives.hybrid import hybrid_objective
+
+        batch = draw_batch(
+            self.retain_images,
+            self.retain_labels,
+            self.forget_images,
+            self.forget_labels,
+            self.config.batch_size,
+            self.num_timesteps,
+            self.generator,
+        )
+        K = len(self.target_classes)
+        weights = (
+            self._target_weights if self._target_weights is not None else torch.full((K,), 1.0 / K, device=self.device)
+        )
+        return hybrid_objective(
+            self.unet, self.params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
+            (self.target_classes, weights), forget_scale, self.dataset_size, len(self.forget_images),
+        )  # fmt: skip
+
+    @staticmethod
+    def _to_host(res, update_norm: torch.Tensor, probe: torch.Tensor) -> HybridStepStats:
+        stats = torch.stack(
+            [
+                res.loss_x,
+                res.loss_a,
+                res.loss_align,
+                res.grad_siss_norm,
+                res.grad_align_norm,
+                res.forget_share,
+                res.dloss_dlam,
+                update_norm.to(res.loss_x.dtype),
+                probe[0],
+                probe[1],
+            ]
+        ).to("cpu", torch.float64)  # the one host copy of the step
+        return HybridStepStats(*stats.tolist())

@@ -1,6 +1,6 @@
 """Gymnasium environments (registered at ``import unlearn_gym``) and opt-in wrappers."""
 
-__all__ = ["SISSEnv", "SFDEnv", "EpisodeEndSamples"]
+__all__ = ["SISSEnv", "SFDEnv", "HybridEnv", "EpisodeEndSamples"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch
@@ -12,6 +12,10 @@ def __getattr__(name):  # lazy: importing the package must not import torch
         from .sfd_env import SFDEnv
 
         return SFDEnv
+    if name == "HybridEnv":
+        from .hybrid_env import HybridEnv
+
+        return HybridEnv
     if name == "EpisodeEndSamples":
         from .wrappers import EpisodeEndSamples
 

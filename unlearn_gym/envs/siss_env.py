@@ -140,24 +140,27 @@ class SISSEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    config_class = SISSEnvConfig
+    FEATURE_STATS = ("loss_r", "loss_f", "grad_r_norm", "grad_f_norm")
+    """The engine statistics behind the four log-ratio features of the observation."""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        known = {f.name for f in fields(SISSEnvConfig)}
+        known = {f.name for f in fields(self.config_class)}
         unknown = set(kwargs) - known
         if unknown:
-            raise TypeError(f"SISSEnv: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}")
+            raise TypeError(
+                f"{type(self).__name__}: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.config = cfg = SISSEnvConfig(**kwargs)
+        self.config = cfg = self.config_class(**kwargs)
         self.render_mode = render_mode
 
         import torch
 
         from ..assets import bundled_model_dir
         from ..data.scenarios import scenario_of_checkpoint
-        from ..engine import UnlearningEngine
         from ..models.checkpoint import load_model
-        from ..objectives.siss import SISSConfig
 
         device = cfg.device
         if device == "auto":
@@ -166,25 +169,14 @@ class SISSEnv(gym.Env):
         unet, model_config = load_model(checkpoint, device)
         self.scenario = scenario_of_checkpoint(model_config, **(cfg.scenario_kwargs or {}))
         self._full_forget = self.scenario.forget
-        self.engine = UnlearningEngine(
-            unet,
-            self.scenario.retain,
-            self.scenario.forget,
-            SISSConfig(
-                objective=cfg.objective, surgery=cfg.surgery, scale=cfg.scale, batch_size=cfg.batch_size, lr=cfg.lr
-            ),
-            device=device,
-            probe_size=cfg.probe_size,
-            dataset_size=len(self.scenario.retain) + len(self.scenario.forget),
-            scheduler_config=model_config.get("scheduler"),
-        )
+        self.engine = self._make_engine(unet, model_config, device)
         self.device = device
         self._scheduler_config = model_config.get("scheduler")
 
         k = 2 if cfg.action_mode == "both" else 1
         self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
         self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(OBS_NAMES),), np.float32)
-        self._ref: np.ndarray | None = None  # ℓ_r⁰, ℓ_f⁰, ‖g_r⁰‖, ‖g_f⁰‖, p_r⁰, p_f⁰
+        self._ref: np.ndarray | None = None  # the FEATURE_STATS at reset, then p_r⁰, p_f⁰
         self._t = 0
         self._lam_prev = np.zeros(k)
         self._efficacy_prev = 0.0
@@ -195,13 +187,38 @@ class SISSEnv(gym.Env):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _siss_config(self):
+        from ..objectives.siss import SISSConfig
+
+        cfg = self.config
+        return SISSConfig(
+            objective=cfg.objective, surgery=cfg.surgery, scale=cfg.scale, batch_size=cfg.batch_size, lr=cfg.lr
+        )
+
+    def _make_engine(self, unet, model_config: dict, device: str):
+        from ..engine import UnlearningEngine
+
+        return UnlearningEngine(
+            unet,
+            self.scenario.retain,
+            self.scenario.forget,
+            self._siss_config(),
+            device=device,
+            probe_size=self.config.probe_size,
+            dataset_size=len(self.scenario.retain) + len(self.scenario.forget),
+            scheduler_config=model_config.get("scheduler"),
+        )
+
+    def _features(self, stats) -> np.ndarray:
+        return np.array([getattr(stats, name) for name in self.FEATURE_STATS], dtype=np.float64)
+
     def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
         return np.clip(np.nan_to_num(r, nan=0.0), -self.config.obs_clip, self.config.obs_clip)
 
-    def _obs(self, s: np.ndarray, lam_mix: float) -> np.ndarray:
-        feats = self._log_ratio(s[[0, 1, 2, 3]], self._ref[:4])
+    def _obs(self, feats: np.ndarray, lam_mix: float) -> np.ndarray:
+        feats = self._log_ratio(feats, self._ref[:4])
         return np.concatenate([feats, [lam_mix, self._t / self.config.horizon]]).astype(np.float32)
 
     def _lam_from_action(self, action) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +255,7 @@ class SISSEnv(gym.Env):
         cfg = self.config
         lam0 = cfg.mixture_lambda
         ref = self.engine.evaluate(lam0, 1.0)
-        self._ref = np.array([ref.loss_r, ref.loss_f, ref.grad_r_norm, ref.grad_f_norm, ref.probe_r, ref.probe_f])
+        self._ref = np.concatenate([self._features(ref), [ref.probe_r, ref.probe_f]])
         self._t = 0
         self._lam_prev = np.array(
             [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
@@ -246,14 +263,9 @@ class SISSEnv(gym.Env):
         self._efficacy_prev = 0.0
         self._damage_prev = 0.0
         self._needs_reset = False
-        obs = self._obs(self._ref, lam0)
+        obs = self._obs(self._ref[:4], lam0)
         self._last_obs = obs
-        info = {
-            "instance": instance,
-            "reference": dict(
-                zip(("loss_r", "loss_f", "grad_r_norm", "grad_f_norm", "probe_r", "probe_f"), self._ref.tolist())
-            ),
-        }
+        info = {"instance": instance, "reference": ref.as_dict()}
         return obs, info
 
     def step(self, action):
@@ -269,7 +281,6 @@ class SISSEnv(gym.Env):
             lam, forget_scale = float(lam_vec[0]), float(lam_vec[1]) * cfg.max_scale / max(cfg.scale, 1e-12)
         stats = self.engine.update(lam, forget_scale)
         self._t += 1
-        s = stats.as_array()
         info: dict[str, Any] = {
             "lam": lam,
             "forget_scale_S": forget_scale * cfg.scale,
@@ -295,7 +306,7 @@ class SISSEnv(gym.Env):
         self._efficacy_prev = efficacy
         self._damage_prev = damage
         self._lam_prev = lam_vec
-        obs = self._obs(s, lam)
+        obs = self._obs(self._features(stats), lam)
         self._last_obs = obs
         truncated = self._t >= cfg.horizon
         if truncated:

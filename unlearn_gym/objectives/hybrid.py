@@ -1,0 +1,122 @@
+"""Hybrid SISS + SFD: one update of the diffusion model that joins both (DESIGN §8, last paragraph).
+
+- SISS's data-driven direction g_S (DESIGN §5, at the mixture weight λ_S = ``siss_lambda``, with
+  its surgery), from the scalar L_S = c_x·ℓ_x − c_a·ℓ_a.
+- SFD's alignment of the forget-class score to the frozen teacher's retain-class scores: on the
+  step's noised forget images a_t = γ_t a + σ_t ε, under the forget label y_a,
+
+      ℓ_align = mean_i Σ_pixels (ε_θ(a_t, t, y_a) − sg(Σ_k π_k ε_φ(a_t, t, k)))²,
+
+  with k over the target classes (every label but the contaminated one and the contaminant's)
+  and weights π (uniform, or the env's action): the contaminated label learns to denoise the
+  contaminant toward the retain classes instead of reproducing it.
+- g = 2(1 − λ)·g_S + 2λ·w·∇ℓ_align; λ (the env's action) balances them, λ = 0.5 adds them with
+  the align weight w; ∂L/∂λ = 2(w·ℓ_align − L_S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import functional_call
+
+from .sfd import teacher_eps
+from .siss import SISSBatch, SISSConfig, global_norm, siss_objective, surgery_coefficients
+
+__all__ = ["HybridConfig", "HybridResult", "hybrid_objective"]
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """The SISS part's settings and the alignment's weight."""
+
+    siss: SISSConfig = field(default_factory=SISSConfig)
+    siss_lambda: float = 0.5
+    """λ_S: SISS's own mixture weight inside the hybrid (the action is the balance λ)."""
+    align_weight: float = 1.0
+    """w of the alignment term."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.siss_lambda <= 1.0:
+            raise ValueError(f"HybridConfig.siss_lambda must be in [0, 1], got {self.siss_lambda}")
+        if self.align_weight < 0:
+            raise ValueError(f"HybridConfig.align_weight must be >= 0, got {self.align_weight}")
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    """One hybrid evaluation (tensors on the device, no graph)."""
+
+    grads: tuple[torch.Tensor, ...]
+    """g = 2(1 − λ)·g_S + 2λ·w·∇ℓ_align, before clipping."""
+    loss_x: torch.Tensor
+    """SISS's ℓ_x (retain)."""
+    loss_a: torch.Tensor
+    """SISS's ℓ_a (forget)."""
+    loss_align: torch.Tensor
+    """ℓ_align."""
+    grad_siss_norm: torch.Tensor
+    """‖g_S‖ (after SISS's surgery)."""
+    grad_align_norm: torch.Tensor
+    """‖∇ℓ_align‖."""
+    forget_share: torch.Tensor
+    dloss_dlam: torch.Tensor
+    """∂L/∂λ = 2(w·ℓ_align − L_S), with L_S = c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
+
+
+def hybrid_objective(
+    unet: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    teacher_params: dict[str, torch.Tensor],
+    batch: SISSBatch,
+    lam: float,
+    gamma: torch.Tensor,
+    sigma: torch.Tensor,
+    config: HybridConfig,
+    target: tuple[torch.Tensor, torch.Tensor],
+    forget_scale: float = 1.0,
+    dataset_size: int | None = None,
+    forget_size: int | None = None,
+) -> HybridResult:
+    """The hybrid update direction at balance λ (see the module docstring).
+
+    Args:
+        params: the diffusion model's parameters (require grad); ``teacher_params`` the frozen
+            pretrained ones.
+        batch: SISS's batch (x, a, t, ε, u); the alignment uses its a, t and ε.
+        target: ``(classes (K,), π (K,))`` of the teacher-score mixture.
+        forget_scale, dataset_size, forget_size: as in :func:`~unlearn_gym.objectives.siss.siss_objective`.
+    """
+    cfg = config.siss
+    siss = siss_objective(
+        unet, params, batch, config.siss_lambda, gamma, sigma, cfg, forget_scale, dataset_size, forget_size
+    )
+    c_x, c_a = surgery_coefficients(siss.grad_a_norm, cfg, forget_scale, dataset_size, forget_size)
+    loss_siss = c_x * siss.loss_x - c_a * siss.loss_a
+    g = gamma[batch.t].view(-1, 1, 1, 1)
+    s = sigma[batch.t].view(-1, 1, 1, 1)
+    a_t = g * batch.a + s * batch.eps
+    with torch.no_grad():
+        eps_target = teacher_eps(unet, teacher_params, a_t, batch.t, target)
+    eps_hat = functional_call(unet, params, (a_t, batch.t), {"class_labels": batch.y_a}).sample
+    loss_align = (eps_hat - eps_target).pow(2).flatten(1).sum(1).mean()
+    p = tuple(params.values())
+    g_al = torch.autograd.grad(loss_align, p, allow_unused=True)
+    g_al = tuple(torch.zeros_like(q) if gr is None else gr for gr, q in zip(g_al, p))
+    w = config.align_weight
+    grads = tuple(
+        torch._foreach_add(
+            torch._foreach_mul(list(siss.grads), 2.0 * (1.0 - lam)), torch._foreach_mul(list(g_al), 2.0 * lam * w)
+        )
+    )
+    return HybridResult(
+        grads=grads,
+        loss_x=siss.loss_x,
+        loss_a=siss.loss_a,
+        loss_align=loss_align.detach(),
+        grad_siss_norm=global_norm(siss.grads),
+        grad_align_norm=global_norm(g_al),
+        forget_share=siss.forget_share,
+        dloss_dlam=(2.0 * (w * loss_align - loss_siss)).detach(),
+    )
