@@ -92,3 +92,30 @@ def test_bad_arguments(make):
     env = make()
     with pytest.raises(RuntimeError, match="call reset"):
         env.step(np.zeros(1, np.float32))
+
+
+def test_bench_and_evaluate_report_class_erasure(make, tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    from unlearn_gym.bench import BenchConfig, policy_from_spec, run_benchmark
+    from unlearn_gym.cli import main
+
+    env_kwargs = dict(checkpoint=str(tiny_checkpoint), forget_class=0, horizon=1, **KW)
+    config = BenchConfig(env_id="unlearn_gym/SFD-v0", env_kwargs=env_kwargs, seeds=(0,), samples_per_label=2)
+    result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
+    episode = result["episodes"][0]
+    per_label = result["pretrained"]["per_label"]
+    assert result["pretrained"]["unlearning_accuracy"] == 1.0 - per_label["0"]["accuracy"]
+    assert 0.0 <= episode["unlearning_accuracy"] <= 1.0 and 0.0 <= episode["remaining_accuracy"] <= 1.0
+    assert result["settings"]["sampler"] == {"kind": "one-step", "t_star": 440}
+    # evaluate on a saved generator: one-step samples and the erasure figures
+    env = make(forget_class=3, horizon=1)
+    env.reset(seed=0)
+    env.step(np.zeros(1, np.float32))
+    directory = env.unwrapped.save_generator(tmp_path / "gen")
+    argv = ["evaluate", "--checkpoint", str(directory), "--samples", "2", "--json", "--no-progress"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["sampler"]["kind"] == "one-step" and figures["erasure"]["forget_class"] == 3
+    acc3 = figures["per_label"]["3"]["accuracy"]
+    assert figures["erasure"]["unlearning_accuracy"] == pytest.approx(1.0 - acc3)

@@ -41,7 +41,16 @@ fit in 10 minutes on a 2-core CPU (the bundled PPO agent was trained at these se
 DEFAULT_POLICIES = ("static:0.5", "vi-adaptive", "random", "ppo")
 """The main job's policies: SISS's fixed λ, Algorithm 2, uniform random λ, the bundled PPO agent."""
 
-SUMMARY_METRICS = ("return", "forget_rate", "retain_accuracy", "contaminated_label_accuracy", "efficacy", "degradation")
+SUMMARY_METRICS = (
+    "return",
+    "forget_rate",
+    "retain_accuracy",
+    "contaminated_label_accuracy",
+    "unlearning_accuracy",
+    "remaining_accuracy",
+    "efficacy",
+    "degradation",
+)
 
 
 def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -228,10 +237,17 @@ def run_benchmark(
             seed=config.eval_seed,
             scheduler_config=model_config.get("scheduler"),
             progress=False,
+            sampler=getattr(base, "sampler", None),  # SFD-v0: its one-step generator
         )
+        forget_class = getattr(base, "forget_class", None)  # SFD-v0: class erasure figures too
 
         def evaluate():
-            return evaluate_model(base.engine.unet, classifier, **eval_kw)
+            ev = evaluate_model(base.engine.unet, classifier, **eval_kw)
+            if forget_class is not None:
+                from .metrics.forget import erasure_figures
+
+                ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
+            return ev
 
     # the pretrained model, once: every reset restores exactly these weights
     env.reset(seed=config.seeds[0], options=None if config.instances[0] is None else {"instance": config.instances[0]})
@@ -239,7 +255,7 @@ def run_benchmark(
     if evaluate is not None:
         t0 = time.perf_counter()
         ev = evaluate()
-        pretrained = {k: v for k, v in ev.figures.items() if k != "per_label"} | {"per_label": ev.figures["per_label"]}
+        pretrained = dict(ev.figures)
         grids["pretrained"] = _grid_images(ev, scen["num_labels"], config)
         samples["pretrained"] = (ev.images, ev.labels)
         log(
@@ -283,9 +299,8 @@ def run_benchmark(
         }
         if evaluate is not None:
             ev = evaluate()
-            record |= {
-                k: float(ev.figures[k]) for k in ("forget_rate", "retain_accuracy", "contaminated_label_accuracy")
-            }
+            keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
+            record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
             record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
             if name not in grids:
                 grids[name] = _grid_images(ev, scen["num_labels"], config)
@@ -309,7 +324,12 @@ def run_benchmark(
         summary[name]["diverged"] = sum(r["diverged"] for r in rows)
 
     result = {
-        "settings": {**asdict(config), "policies": list(policies), "device": str(base.device)},
+        "settings": {
+            **asdict(config),
+            "policies": list(policies),
+            "device": str(base.device),
+            "sampler": getattr(base, "sampler", None) or {"kind": "ddim"},
+        },
         "pretrained": pretrained,
         "summary": summary,
         "episodes": episodes,
@@ -351,23 +371,30 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         lines += ["```", command, "```", ""]
     lines.append(
         f"{s['env_id']} {s['env_kwargs']}, seeds {list(s['seeds'])}, instances {list(s['instances'])}, "
-        f"device {s['device']}; evaluation: {s['samples_per_label']} samples per label, {s['ddim_steps']} DDIM "
-        f"steps, seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes."
+        f"device {s['device']}; evaluation: {s['samples_per_label']} samples per label, "
+        + (
+            f"{s['ddim_steps']} DDIM steps"
+            if s.get("sampler", {}).get("kind", "ddim") == "ddim"
+            else "one-step generator"
+        )
+        + f", seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes."
     )
     lines.append("")
-    header = "| policy | n | return | forget_rate ↓ | retain_accuracy ↑ | efficacy | degradation | diverged |"
-    lines += [header, "|---|---|---|---|---|---|---|---|"]
+    columns = [("forget_rate ↓", "forget_rate"), ("retain_accuracy ↑", "retain_accuracy")]
+    if any("unlearning_accuracy" in row for row in result["summary"].values()):
+        columns += [("unlearning_accuracy ↑", "unlearning_accuracy"), ("remaining_accuracy ↑", "remaining_accuracy")]
+    names = " | ".join(c for c, _ in columns)
+    lines += [f"| policy | n | return | {names} | efficacy | degradation | diverged |"]
+    lines += ["|---|---|---|" + "---|" * len(columns) + "---|---|---|"]
     pre = result.get("pretrained")
     if pre:
-        lines.append(
-            f"| pretrained (no unlearning) | – | – | {pre['forget_rate']:.3f} | {pre['retain_accuracy']:.3f} | – | – | – |"
-        )
+        cells = " | ".join(f"{pre[k]:.3f}" if k in pre else "–" for _, k in columns)
+        lines.append(f"| pretrained (no unlearning) | – | – | {cells} | – | – | – |")
     for name, row in result["summary"].items():
-        n = row["return"]["n"]
+        cells = " | ".join(_fmt(row.get(k)) for _, k in columns)
         lines.append(
-            f"| {name} | {n} | {_fmt(row['return'], 4)} | {_fmt(row.get('forget_rate'))} | "
-            f"{_fmt(row.get('retain_accuracy'))} | {_fmt(row['efficacy'], 4)} | {_fmt(row['degradation'], 4)} | "
-            f"{row['diverged']} |"
+            f"| {name} | {row['return']['n']} | {_fmt(row['return'], 4)} | {cells} | {_fmt(row['efficacy'], 4)} | "
+            f"{_fmt(row['degradation'], 4)} | {row['diverged']} |"
         )
     for w in result.get("warnings", []):
         lines += ["", f"Warning: {w}"]
@@ -409,7 +436,14 @@ def write_report(result: dict, out: str | Path, command: str | None = None) -> d
     paths = {"markdown": out / "bench.md", "csv": out / "bench.csv", "json": out / "bench.json"}
     paths["markdown"].write_text(to_markdown(result, command))
     cols = ["policy", "seed", "instance", "return", "length", "diverged", "efficacy", "degradation", "mean_lambda"]
-    cols += [c for c in ("forget_rate", "retain_accuracy", "contaminated_label_accuracy") if c in result["episodes"][0]]
+    metrics = (
+        "forget_rate",
+        "retain_accuracy",
+        "contaminated_label_accuracy",
+        "unlearning_accuracy",
+        "remaining_accuracy",
+    )
+    cols += [c for c in metrics if c in result["episodes"][0]]
     cols += [c for c in ("seconds_unlearn", "seconds_evaluate") if c in result["episodes"][0]]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -205,6 +205,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scen = config["scenario"]
     eval_kw = _evaluation_kwargs(config, args, seed=args.seed, batch_size=args.batch_size)
     ev = evaluate_model(unet, classifier, **eval_kw)
+    if config.get("sfd"):  # an SFD generator: how well its class erasure went
+        from .metrics.forget import erasure_figures
+
+        ev.figures["erasure"] = erasure_figures(ev.figures["per_label"], config["sfd"]["forget_class"])
     figures = {
         "checkpoint": str(checkpoint),
         "scenario": scen["name"],

@@ -161,6 +161,15 @@ class SFDEnv(gym.Env):
         self._needs_reset = True
         self._last_obs: np.ndarray | None = None
 
+    @property
+    def sampler(self) -> dict:
+        """How to sample the unlearned model: SFD's one-step generator (what evaluations use)."""
+        return {"kind": "one-step", "t_star": self.config.t_star}
+
+    @property
+    def forget_class(self) -> int:
+        return self.config.forget_class
+
     def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
@@ -260,7 +269,7 @@ class SFDEnv(gym.Env):
             self.num_labels,
             n,
             seed=0,
-            sampler={"kind": "one-step", "t_star": self.config.t_star},
+            sampler=self.sampler,
             scheduler_config=self.model_config.get("scheduler"),
         )
         img = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
@@ -274,7 +283,7 @@ class SFDEnv(gym.Env):
 
         config = {
             **self.model_config,
-            "sampler": {"kind": "one-step", "t_star": self.config.t_star},
+            "sampler": self.sampler,
             "sfd": {"forget_class": self.config.forget_class, "steps": self.engine.step_count},
         }
         return save_model(self.engine.unet, directory, config)

@@ -19,7 +19,7 @@ import torch
 
 from ..models.sampling import sample_per_label
 
-__all__ = ["SampleEvaluation", "evaluate_model", "forget_figures"]
+__all__ = ["SampleEvaluation", "evaluate_model", "forget_figures", "erasure_figures"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,21 @@ def forget_figures(
         if is_c.any()
         else nan,
         "per_label": per_label,
+    }
+
+
+def erasure_figures(per_label: dict, forget_class: int) -> dict:
+    """Class erasure (SFD): ``unlearning_accuracy`` = 1 − accuracy on samples of the erased label
+    c_f; ``remaining_accuracy`` = mean accuracy over the other labels' samples (from ``per_label``)."""
+    key = str(int(forget_class))
+    if key not in per_label:
+        raise KeyError(f"no samples of the erased label {forget_class} in the evaluation")
+    others = [row for y, row in per_label.items() if y != key]
+    n = sum(row["n"] for row in others)
+    return {
+        "forget_class": int(forget_class),
+        "unlearning_accuracy": 1.0 - per_label[key]["accuracy"],
+        "remaining_accuracy": sum(row["accuracy"] * row["n"] for row in others) / n if n else float("nan"),
     }
 
 
