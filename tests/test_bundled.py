@@ -1,4 +1,4 @@
-"""The bundled default model and classifier: present, loadable, and as good as documented."""
+"""The bundled default model, classifier and PPO agent: present, loadable, and as documented."""
 
 import torch
 
@@ -36,3 +36,20 @@ def test_bundled_model_learned_digits_and_contamination():
     assert ev.figures["forget_rate"] >= 0.05  # label 1 still draws 7s
     assert ev.figures["retain_accuracy"] >= 0.8  # the other labels draw their digits
     assert torch.isfinite(ev.images).all()
+
+
+def test_bundled_ppo_agent_loads_and_acts_for_the_bench_settings():
+    import numpy as np
+
+    from unlearn_gym.agents import load_agent
+    from unlearn_gym.assets import bundled_agent_dir
+    from unlearn_gym.bench import BENCH_ENV_KWARGS
+
+    agent = load_agent(bundled_agent_dir())
+    assert agent.algo == "ppo" and agent.env_id == "unlearn_gym/SISS-v0"
+    assert agent.env_kwargs == BENCH_ENV_KWARGS and agent.info["timesteps"] == 2048
+    obs = np.zeros((3, 6), np.float32)
+    obs[:, 4], obs[:, 5] = 0.5, [0.0, 0.5, 0.95]
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert actions.shape == (3, 1) and np.all(np.abs(actions) <= 1.0)
+    assert np.array_equal(actions, agent.predict(obs, deterministic=True)[0])
