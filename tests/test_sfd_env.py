@@ -122,3 +122,7 @@ def test_bench_and_evaluate_report_class_erasure(make, tiny_checkpoint, tmp_path
     assert figures["sampler"]["kind"] == "one-step" and figures["erasure"]["forget_class"] == 3
     acc3 = figures["per_label"]["3"]["accuracy"]
     assert figures["erasure"]["unlearning_accuracy"] == pytest.approx(1.0 - acc3)
+    table_argv = [a for a in argv if a != "--json"]
+    assert main([*table_argv, "--device", "cpu", "--out", str(tmp_path / "ev2")]) == 0  # the table, not JSON
+    out = capsys.readouterr().out
+    assert "unlearning_accuracy" in out and "(1 − accuracy on the erased label 3)" in out

@@ -140,6 +140,14 @@ def _format_table(figures: dict) -> str:
         f"classified as {figures['contaminant']!r}; lower = more forgotten)",
         f"retain_accuracy              {figures['retain_accuracy']:.3f}   (other labels classified as themselves)",
         f"contaminated_label_accuracy  {figures['contaminated_label_accuracy']:.3f}",
+    ]
+    if "erasure" in figures:  # an SFD generator
+        e = figures["erasure"]
+        lines += [
+            f"unlearning_accuracy          {e['unlearning_accuracy']:.3f}   (1 − accuracy on the erased label {e['forget_class']})",
+            f"remaining_accuracy           {e['remaining_accuracy']:.3f}   (the other labels)",
+        ]
+    lines += [
         "",
         "label |   n  | accuracy | classified as",
         "------+------+----------+--------------",
