@@ -9,7 +9,7 @@ Envs translate actions into λ and statistics into observations; they never touc
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,16 @@ from .models.checkpoint import load_tensors, save_tensors_atomic
 from .models.unet import noise_schedule
 from .objectives.siss import OBJECTIVES, SISSConfig, draw_batch, global_norm
 
-__all__ = ["StepStats", "UnlearningEngine", "STAT_NAMES", "HybridEngine", "HybridStepStats", "HYBRID_STAT_NAMES"]
+__all__ = [
+    "HostStats",
+    "StepStats",
+    "UnlearningEngine",
+    "STAT_NAMES",
+    "HybridEngine",
+    "HybridStepStats",
+    "HYBRID_STAT_NAMES",
+    "zero_optimizer_state",
+]
 
 STAT_NAMES = (
     "loss_r",  # ℓ_x: retain loss estimate of the step's batch
@@ -37,8 +46,32 @@ STAT_NAMES = (
 )
 
 
+class HostStats:
+    """Base of the frozen dataclasses that hold one update's statistics as host floats (field order =
+    the order of the engine's stats tensor)."""
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.as_array())))
+
+    def as_array(self) -> np.ndarray:
+        return np.array(astuple(self), dtype=np.float64)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def zero_optimizer_state(*optimizers: torch.optim.Optimizer) -> None:
+    """Zero every state tensor (moments, step) in place: a fresh optimizer without allocation."""
+    for opt in optimizers:
+        for state in opt.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+
+
 @dataclass(frozen=True)
-class StepStats:
+class StepStats(HostStats):
     """Statistics of one update, as host floats (see ``STAT_NAMES`` for each field's meaning)."""
 
     loss_r: float
@@ -52,16 +85,6 @@ class StepStats:
     update_norm: float
     probe_r: float
     probe_f: float
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.as_array())))
-
-    def as_array(self) -> np.ndarray:
-        return np.array([getattr(self, n) for n in STAT_NAMES], dtype=np.float64)
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class UnlearningEngine:
@@ -227,10 +250,7 @@ class UnlearningEngine:
     def restore(self) -> None:
         """Pretrained weights and a fresh AdamW state, in place on the device (no allocation, no disk)."""
         torch._foreach_copy_(self._param_list, self._pretrained)
-        for state in self.optimizer.state.values():
-            for value in state.values():
-                if torch.is_tensor(value):
-                    value.zero_()
+        zero_optimizer_state(self.optimizer)
         self.step_count = 0
 
     def state_dict(self) -> dict[str, torch.Tensor | int | dict]:
@@ -290,7 +310,7 @@ HYBRID_STAT_NAMES = (
 
 
 @dataclass(frozen=True)
-class HybridStepStats:
+class HybridStepStats(HostStats):
     """Statistics of one hybrid update, as host floats (see ``HYBRID_STAT_NAMES``)."""
 
     loss_r: float
@@ -303,16 +323,6 @@ class HybridStepStats:
     update_norm: float
     probe_r: float
     probe_f: float
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.as_array())))
-
-    def as_array(self) -> np.ndarray:
-        return np.array([getattr(self, n) for n in HYBRID_STAT_NAMES], dtype=np.float64)
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class HybridEngine(UnlearningEngine):
@@ -335,6 +345,8 @@ class HybridEngine(UnlearningEngine):
             raise ValueError("HybridEngine needs at least one target class")
         self.target_classes = torch.tensor(list(target_classes), dtype=torch.long, device=self.device)
         self.teacher_params = dict(zip(self.params, self._pretrained))
+        K = len(self.target_classes)
+        self._uniform_weights = torch.full((K,), 1.0 / K, device=self.device)
         self._target_weights: torch.Tensor | None = None
 
     def set_target_weights(self, weights) -> None:
@@ -359,10 +371,7 @@ class HybridEngine(UnlearningEngine):
             self.num_timesteps,
             self.generator,
         )
-        K = len(self.target_classes)
-        weights = (
-            self._target_weights if self._target_weights is not None else torch.full((K,), 1.0 / K, device=self.device)
-        )
+        weights = self._target_weights if self._target_weights is not None else self._uniform_weights
         return hybrid_objective(
             self.unet, self.params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
             (self.target_classes, weights), forget_scale, self.dataset_size, len(self.forget_images),

@@ -10,11 +10,12 @@ env's reward reads how often the forget class is still drawn and how well the ot
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .engine import HostStats, zero_optimizer_state
 from .models.unet import noise_schedule
 from .objectives.sfd import SFDConfig, draw_sfd_batch, fake_score_loss, generator_sample, sfd_generator_step
 
@@ -35,7 +36,7 @@ SFD_STAT_NAMES = (
 
 
 @dataclass(frozen=True)
-class SFDStepStats:
+class SFDStepStats(HostStats):
     """Statistics of one SFD iteration, as host floats (see ``SFD_STAT_NAMES``)."""
 
     loss_psi_remain: float
@@ -48,16 +49,6 @@ class SFDStepStats:
     update_norm: float
     probe_forget_p: float
     probe_remain_p: float
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.as_array())))
-
-    def as_array(self) -> np.ndarray:
-        return np.array([getattr(self, n) for n in SFD_STAT_NAMES], dtype=np.float64)
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class SFDEngine:
@@ -93,6 +84,7 @@ class SFDEngine:
         self.config = config
         self.forget_class = int(forget_class)
         self.remain_classes = torch.tensor(list(remain_classes), dtype=torch.long, device=self.device)
+        self._uniform_weights = torch.full((len(remain_classes),), 1.0 / len(remain_classes), device=self.device)
         self.unet = unet.to(self.device).train()  # the generator ε_θ
         self.teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.fake = copy.deepcopy(self.unet).train()
@@ -145,12 +137,10 @@ class SFDEngine:
 
     def forget_target(self, target_weights: torch.Tensor | np.ndarray | None, override_class: int | None):
         """c_p of the forget term: the override class c_o, or the π-mixture of the remaining classes."""
-        B = self.config.batch_size
         if target_weights is None:
             if override_class is not None:
-                return torch.full((B,), int(override_class), device=self.device, dtype=torch.long)
-            K = len(self.remain_classes)
-            return self.remain_classes, torch.full((K,), 1.0 / K, device=self.device)
+                return torch.full((self.config.batch_size,), int(override_class), device=self.device, dtype=torch.long)
+            return self.remain_classes, self._uniform_weights
         w = torch.as_tensor(np.asarray(target_weights, dtype=np.float32), device=self.device)
         if w.shape != (len(self.remain_classes),):
             raise ValueError(f"target_weights: expected shape ({len(self.remain_classes)},), got {tuple(w.shape)}")
@@ -233,11 +223,7 @@ class SFDEngine:
         torch._foreach_copy_(self._theta_list, self._pretrained)
         torch._foreach_copy_(self._psi_list, self._pretrained)
         torch._foreach_copy_(self.ema, self._pretrained)
-        for opt in (self.opt_theta, self.opt_psi):
-            for state in opt.state.values():
-                for value in state.values():
-                    if torch.is_tensor(value):
-                        value.zero_()
+        zero_optimizer_state(self.opt_theta, self.opt_psi)
         self.step_count = 0
 
     @torch.no_grad()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from .siss_env import log_ratio, parse_env_config, resolve_device
 
 __all__ = ["SFDEnv", "SFDEnvConfig"]
 
@@ -109,16 +111,8 @@ class SFDEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        known = {f.name for f in fields(SFDEnvConfig)}
-        unknown = set(kwargs) - known
-        if unknown:
-            raise TypeError(f"SFDEnv: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.config = cfg = SFDEnvConfig(**kwargs)
+        self.config = cfg = parse_env_config(self, SFDEnvConfig, kwargs, render_mode)
         self.render_mode = render_mode
-
-        import torch
 
         from ..assets import bundled_model_dir
         from ..metrics.classifier import classifier_dir_for, load_classifier
@@ -126,9 +120,7 @@ class SFDEnv(gym.Env):
         from ..objectives.sfd import SFDConfig
         from ..sfd_engine import SFDEngine
 
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(cfg.device)
         checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
         unet, model_config = load_model(checkpoint, device)
         self.num_labels = int(model_config["scenario"]["num_labels"])
@@ -171,9 +163,7 @@ class SFDEnv(gym.Env):
         return self.config.forget_class
 
     def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
-        return np.clip(np.nan_to_num(r, nan=0.0), -self.config.obs_clip, self.config.obs_clip)
+        return log_ratio(value, ref, self.config.obs_clip)
 
     def _obs(self, s: np.ndarray, lam: float) -> np.ndarray:
         # At reset ψ = θ = the teacher, so the remain term's gradient is ~0: the norms are compared

@@ -16,6 +16,33 @@ OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", "lam_prev",
 RESET_OPTIONS = ("instance",)
 
 
+def log_ratio(value: np.ndarray, ref: np.ndarray, clip: float) -> np.ndarray:
+    """log(value/ref), both floored at 1e-30, NaN ↦ 0, clipped to ±clip: the observation features."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
+    return np.clip(np.nan_to_num(r, nan=0.0), -clip, clip)
+
+
+def parse_env_config(env: gym.Env, config_class: type, kwargs: dict, render_mode: str | None):
+    """``config_class(**kwargs)`` with a clear error for unknown keywords and render modes."""
+    known = {f.name for f in fields(config_class)}
+    unknown = set(kwargs) - known
+    if unknown:
+        raise TypeError(f"{type(env).__name__}: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    if render_mode is not None and render_mode not in env.metadata["render_modes"]:
+        raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+    return config_class(**kwargs)
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" ↦ "cuda" when CUDA is present, else "cpu"; anything else as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass(frozen=True)
 class SISSEnvConfig:
     """Every setting of :class:`SISSEnv` (each is also a keyword of ``gymnasium.make``)."""
@@ -145,26 +172,14 @@ class SISSEnv(gym.Env):
     """The engine statistics behind the four log-ratio features of the observation."""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        known = {f.name for f in fields(self.config_class)}
-        unknown = set(kwargs) - known
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}"
-            )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.config = cfg = self.config_class(**kwargs)
+        self.config = cfg = parse_env_config(self, self.config_class, kwargs, render_mode)
         self.render_mode = render_mode
-
-        import torch
 
         from ..assets import bundled_model_dir
         from ..data.scenarios import scenario_of_checkpoint
         from ..models.checkpoint import load_model
 
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(cfg.device)
         checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
         unet, model_config = load_model(checkpoint, device)
         self.scenario = scenario_of_checkpoint(model_config, **(cfg.scenario_kwargs or {}))
@@ -213,9 +228,7 @@ class SISSEnv(gym.Env):
         return np.array([getattr(stats, name) for name in self.FEATURE_STATS], dtype=np.float64)
 
     def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
-        return np.clip(np.nan_to_num(r, nan=0.0), -self.config.obs_clip, self.config.obs_clip)
+        return log_ratio(value, ref, self.config.obs_clip)
 
     def _obs(self, feats: np.ndarray, lam_mix: float) -> np.ndarray:
         feats = self._log_ratio(feats, self._ref[:4])
