@@ -1,9 +1,11 @@
+from dataclasses import fields
+
 import pytest
 import torch
 
 from unlearn_gym.engine import STAT_NAMES, UnlearningEngine
 from unlearn_gym.models import load_model
-from unlearn_gym.objectives.siss import SISSConfig
+from unlearn_gym.objectives.siss import EstimatorVariances, SISSConfig
 
 
 @pytest.fixture
@@ -28,6 +30,11 @@ def test_update_changes_the_model_and_reports_every_statistic(engine):
     assert 0.0 <= stats.forget_share <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, engine.unet.parameters()))
     assert engine.step_count == 1
+    # the objective's variance statistics arrive in order, renamed x → r (retain), a → f (forget)
+    names = [f.name.replace("_x", "_r").replace("_a", "_f") for f in fields(EstimatorVariances)]
+    assert list(STAT_NAMES[-len(names) :]) == names
+    assert stats.var_loss_r > 0 and stats.var_loss_f > 0 and stats.var_loss > 0
+    assert 0 < stats.rel_var_loss_r <= 1 and 0 < stats.rel_var_loss_f <= 1
 
 
 def test_restore_is_in_place_and_complete(engine):

@@ -43,6 +43,22 @@ STAT_NAMES = (
     "update_norm",  # ‖g‖ of the combined direction before clipping
     "probe_r",  # retain denoising loss on the fixed probe, after the step
     "probe_f",  # forget denoising loss on the fixed probe, after the step
+    # how noisy the step's estimates are (docs/variance.md; 0 for objectives without importance weights)
+    "var_loss_r",  # Var̂(ℓ_x): sample variance of w_x,i·e_x,i over the batch, divided by B
+    "var_loss_f",  # Var̂(ℓ_a)
+    "var_loss",  # Var̂(L) of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
+    "dvar_loss_r_dlam",  # ∂Var̂(ℓ_x)/∂λ, samples held fixed
+    "dvar_loss_f_dlam",  # ∂Var̂(ℓ_a)/∂λ, samples held fixed
+    "dvar_loss_dlam",  # ∂Var̂(L)/∂λ, samples held fixed
+    "rel_var_loss_r",  # Var̂(ℓ_x)/ℓ_x², in [0, 1]
+    "rel_var_loss_f",  # Var̂(ℓ_a)/ℓ_a², in [0, 1]
+    "drel_var_loss_r_dlam",  # ∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed
+    "drel_var_loss_f_dlam",  # ∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed
+    "dvar_loss_r_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_x)/dλ, the batch redrawn from q_λ
+    "dvar_loss_f_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_a)/dλ
+    "dvar_loss_dlam_resampled",  # unbiased estimate of dVar_λ(L)/dλ
+    "drel_var_loss_r_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ, the batch redrawn
+    "drel_var_loss_f_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ
 )
 
 
@@ -85,6 +101,21 @@ class StepStats(HostStats):
     update_norm: float
     probe_r: float
     probe_f: float
+    var_loss_r: float
+    var_loss_f: float
+    var_loss: float
+    dvar_loss_r_dlam: float
+    dvar_loss_f_dlam: float
+    dvar_loss_dlam: float
+    rel_var_loss_r: float
+    rel_var_loss_f: float
+    drel_var_loss_r_dlam: float
+    drel_var_loss_f_dlam: float
+    dvar_loss_r_dlam_resampled: float
+    dvar_loss_f_dlam_resampled: float
+    dvar_loss_dlam_resampled: float
+    drel_var_loss_r_dlam_resampled: float
+    drel_var_loss_f_dlam_resampled: float
 
 
 class UnlearningEngine:
@@ -240,6 +271,7 @@ class UnlearningEngine:
                 update_norm.to(res.loss_x.dtype),
                 probe[0],
                 probe[1],
+                *res.variances.tensors(),  # EstimatorVariances' fields, in StepStats' order
             ]
         ).to("cpu", torch.float64)  # the one host copy of the step
         return StepStats(*stats.tolist())

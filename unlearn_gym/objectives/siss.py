@@ -19,6 +19,9 @@ exact recipe (DESIGN §5), per step with batch B:
 7. g_x = ∇_θ ℓ_x, g_a = ∇_θ ℓ_a (two backward passes through the one forward).
 8. Surgery: "norm": g = g_x − (S/‖g_a‖)·g_a; "superfactor": g = n/(n−k)·g_x − (1+s)·k/(n−k)·g_a.
    (Clipping at 1.0 and the AdamW step are the engine's.)
+9. How noisy the estimates are: the estimated variances of ℓ_x, ℓ_a and of the combined loss, their
+   relative variances and their derivatives in λ (:class:`EstimatorVariances`, derived in
+   ``docs/variance.md``), from the per-sample weights and errors of steps 5–6 (no extra pass).
 
 Every function here is pure: it reads a model through ``torch.func.functional_call`` with the
 parameters it is given (so a stack of runs can be ``vmap``-ed later), draws nothing at random,
@@ -27,7 +30,7 @@ and returns tensors without copying them to the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -37,6 +40,8 @@ __all__ = [
     "SISSConfig",
     "SISSBatch",
     "ObjectiveResult",
+    "EstimatorVariances",
+    "estimator_variances",
     "OBJECTIVES",
     "draw_batch",
     "importance_log_weights",
@@ -144,6 +149,139 @@ class ObjectiveResult:
     dloss_dlam: torch.Tensor
     """∂L/∂λ of the combined loss L = c_x·ℓ_x − c_a·ℓ_a whose gradient is ``grads`` (the surgery's
     coefficients c_x, c_a held fixed, samples held fixed): what Algorithm 2 back-propagates into φ."""
+    variances: EstimatorVariances
+    """The estimated variances of ℓ_x, ℓ_a and L and their λ-derivatives (all 0 where λ does not enter)."""
+
+
+@dataclass(frozen=True)
+class EstimatorVariances:
+    """How noisy SISS's importance-sampled estimates are, and how that moves with λ (docs/variance.md).
+
+    Per pair i of the batch (B pairs) the estimates are means of per-sample terms,
+    ℓ_x = mean_i v_x,i, ℓ_a = mean_i v_a,i and L = c_x·ℓ_x − c_a·ℓ_a = mean_i v_i, with
+
+        v_x,i = w_x,i·e_x,i,  v_a,i = w_a,i·e_a,i,  v_i = c_x·v_x,i − c_a·v_a,i,
+        e_x,i = Σ_pixels (ε̂_i − ε_x,i)²,  e_a,i = Σ_pixels (ε̂_i − ε_a,i)²,
+
+    c_x, c_a the surgery's coefficients (held fixed). λ enters only through the weights, and every
+    term has the same logarithmic derivative ∂v_i/∂λ = ρ_i·v_i with ρ_i = w_x,i − w_a,i (from
+    ∂w_x/∂λ = −w_x(w_a − w_x), ∂w_a/∂λ = −w_a(w_a − w_x)). "Samples held fixed" derivatives keep
+    m_t, t, ε and the draw of each pair as they are; "resampled" ones estimate the derivative of the
+    estimator's variance under q_λ, where the draw moves with λ too. All fields are 0-d tensors.
+    """
+
+    var_loss_x: torch.Tensor
+    """Var̂(ℓ_x) = Σ_i (v_x,i − ℓ_x)²/(B(B − 1)): the batch's sample variance of v_x,i over B (0 if B = 1)."""
+    var_loss_a: torch.Tensor
+    """Var̂(ℓ_a) = Σ_i (v_a,i − ℓ_a)²/(B(B − 1))."""
+    var_loss: torch.Tensor
+    """Var̂(L) = Σ_i (v_i − L)²/(B(B − 1)), c_x and c_a held fixed."""
+    dvar_loss_x_dlam: torch.Tensor
+    """∂Var̂(ℓ_x)/∂λ, samples held fixed: 2·Σ_i (v_x,i − ℓ_x)·ρ_i·v_x,i/(B(B − 1))."""
+    dvar_loss_a_dlam: torch.Tensor
+    """∂Var̂(ℓ_a)/∂λ, samples held fixed: 2·Σ_i (v_a,i − ℓ_a)·ρ_i·v_a,i/(B(B − 1))."""
+    dvar_loss_dlam: torch.Tensor
+    """∂Var̂(L)/∂λ, samples and c_x, c_a held fixed: 2·Σ_i (v_i − L)·ρ_i·v_i/(B(B − 1))."""
+    rel_var_loss_x: torch.Tensor
+    """Var̂(ℓ_x)/ℓ_x² = (B·Σ_i p_x,i² − 1)/(B − 1) with p_x,i = v_x,i/Σ_j v_x,j (from log w_x + log e_x, so
+    exact where the weights underflow); in [0, 1]: 0 for equal terms, 1 when one term carries all (0 if
+    B = 1 or every term is 0)."""
+    rel_var_loss_a: torch.Tensor
+    """Var̂(ℓ_a)/ℓ_a², likewise with p_a,i = v_a,i/Σ_j v_a,j."""
+    drel_var_loss_x_dlam: torch.Tensor
+    """∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed: 2B/(B − 1)·(Σ_i p_x,i²·ρ_i − Σ_i p_x,i²·Σ_j p_x,j·ρ_j)."""
+    drel_var_loss_a_dlam: torch.Tensor
+    """∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed, likewise with p_a."""
+    dvar_loss_x_dlam_resampled: torch.Tensor
+    """mean_i ρ_i·v_x,i²/B: an unbiased estimate of dVar_λ(ℓ_x)/dλ, the derivative of the estimator's
+    variance when the batch is redrawn from q_λ (half the samples-held-fixed derivative of mean_i v_x,i²/B)."""
+    dvar_loss_a_dlam_resampled: torch.Tensor
+    """mean_i ρ_i·v_a,i²/B: an unbiased estimate of dVar_λ(ℓ_a)/dλ."""
+    dvar_loss_dlam_resampled: torch.Tensor
+    """mean_i ρ_i·v_i²/B: an unbiased estimate of dVar_λ(L)/dλ (c_x, c_a held fixed)."""
+    drel_var_loss_x_dlam_resampled: torch.Tensor
+    """Σ_i p_x,i²·ρ_i = (mean_i ρ_i·v_x,i²/B)/ℓ_x²: the plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ (ℓ_x's
+    expectation does not depend on λ)."""
+    drel_var_loss_a_dlam_resampled: torch.Tensor
+    """Σ_i p_a,i²·ρ_i: the plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ."""
+
+    @classmethod
+    def zeros(cls, like: torch.Tensor) -> EstimatorVariances:
+        """Every field 0 (objectives without importance weights), as 0-d tensors like ``like``."""
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        return cls(*(zero for _ in fields(cls)))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The fields in declaration order (no copies)."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def estimator_variances(
+    log_w_x: torch.Tensor,
+    log_w_a: torch.Tensor,
+    err_x: torch.Tensor,
+    err_a: torch.Tensor,
+    c_x: torch.Tensor | float = 1.0,
+    c_a: torch.Tensor | float = 1.0,
+) -> EstimatorVariances:
+    """The variance statistics of :class:`EstimatorVariances` from one batch's weights and errors.
+
+    Args:
+        log_w_x, log_w_a: (B,) log w_x,i and log w_a,i of SISS step 5.
+        err_x, err_a: (B,) e_x,i = Σ_pixels (ε̂_i − ε_x,i)² and e_a,i (no graph needed).
+        c_x, c_a: the surgery's coefficients of L = c_x·ℓ_x − c_a·ℓ_a (held fixed).
+
+    Returns:
+        The 15 statistics, 0-d tensors in ``err_x``'s dtype; finite at λ ∈ {0, 1}.
+    """
+    B = err_x.shape[0]
+    norm = B * max(B - 1, 1)  # B(B − 1); with B = 1 every deviation is 0, so the variances are 0
+    w_x, w_a = log_w_x.exp(), log_w_a.exp()
+    rho = w_x - w_a  # ∂ log v/∂λ of every term
+    v_x, v_a = w_x * err_x, w_a * err_a
+    v = c_x * v_x - c_a * v_a
+
+    def var_and_derivatives(terms):
+        dev = terms - terms.mean()
+        return (
+            dev.pow(2).sum() / norm,
+            2 * (dev * rho * terms).sum() / norm,
+            (rho * terms.pow(2)).mean() / B,
+        )
+
+    def relative(log_w, err):
+        logits = log_w + torch.log(err)
+        ok = torch.isfinite(logits).any()  # some term > 0
+        p = torch.softmax(torch.where(ok, logits, 0.0), 0)
+        sum_p2 = p.pow(2).sum()
+        sum_p2_rho = (p.pow(2) * rho).sum()
+        rel = (B * sum_p2 - 1) / max(B - 1, 1)
+        drel = 2 * B / max(B - 1, 1) * (sum_p2_rho - sum_p2 * (p * rho).sum())
+        zero = torch.zeros_like(rel)
+        return torch.where(ok, rel, zero), torch.where(ok, drel, zero), torch.where(ok, sum_p2_rho, zero)
+
+    var_x, dvar_x, dvar_x_q = var_and_derivatives(v_x)
+    var_a, dvar_a, dvar_a_q = var_and_derivatives(v_a)
+    var_l, dvar_l, dvar_l_q = var_and_derivatives(v)
+    rel_x, drel_x, drel_x_q = relative(log_w_x, err_x)
+    rel_a, drel_a, drel_a_q = relative(log_w_a, err_a)
+    return EstimatorVariances(
+        var_loss_x=var_x,
+        var_loss_a=var_a,
+        var_loss=var_l,
+        dvar_loss_x_dlam=dvar_x,
+        dvar_loss_a_dlam=dvar_a,
+        dvar_loss_dlam=dvar_l,
+        rel_var_loss_x=rel_x,
+        rel_var_loss_a=rel_a,
+        drel_var_loss_x_dlam=drel_x,
+        drel_var_loss_a_dlam=drel_a,
+        dvar_loss_x_dlam_resampled=dvar_x_q,
+        dvar_loss_a_dlam_resampled=dvar_a_q,
+        dvar_loss_dlam_resampled=dvar_l_q,
+        drel_var_loss_x_dlam_resampled=drel_x_q,
+        drel_var_loss_a_dlam_resampled=drel_a_q,
+    )
 
 
 def draw_batch(
@@ -275,7 +413,7 @@ def siss_objective(
     dataset_size: int | None = None,
     forget_size: int | None = None,
 ) -> ObjectiveResult:
-    """One SISS evaluation (steps 2–8 of the module docstring) at mixture weight λ.
+    """One SISS evaluation (steps 2–9 of the module docstring) at mixture weight λ.
 
     Args:
         unet: the ε-prediction UNet (its parameters are replaced by ``params``).
@@ -319,6 +457,8 @@ def siss_objective(
     # 8. surgery
     grads = surgery(g_x, g_a, n_a, config, forget_scale, dataset_size, forget_size)
     c_x, c_a = surgery_coefficients(n_a, config, forget_scale, dataset_size, forget_size)
+    # 9. the estimates' variances and their λ-derivatives, from the same weights and errors
+    variances = estimator_variances(log_w_x, log_w_a, err_x.detach(), err_a.detach(), c_x, c_a)
     return ObjectiveResult(
         grads=grads,
         loss_x=loss_x.detach(),
@@ -329,6 +469,7 @@ def siss_objective(
         dloss_x_dlam=dlx,
         dloss_a_dlam=dla,
         dloss_dlam=c_x * dlx - c_a * dla,
+        variances=variances,
     )
 
 
@@ -357,7 +498,8 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
 def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
     zero = torch.zeros((), dtype=loss_x.dtype, device=loss_x.device)
     share = torch.as_tensor(forget_share, dtype=loss_x.dtype, device=loss_x.device)
-    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero, zero)
+    variances = EstimatorVariances.zeros(loss_x)
+    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero, zero, variances)
 
 
 def siss_no_is_objective(
