@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import unlearn_gym  # noqa: F401
-from unlearn_gym.baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda, VIAdaptive
+from unlearn_gym.baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda, VIAdaptive, VIVariance
+from unlearn_gym.baselines.vi_variance import VARIANCE_GRADIENT_KEYS
 
 KW = dict(batch_size=4, probe_size=2, device="cpu")
 
@@ -88,6 +89,50 @@ def test_the_siss_gradient_reaches_phi_through_the_env(tiny_checkpoint):
     with pytest.raises(KeyError, match="dloss_dlam"):
         pol.predict(obs)
         pol.observe(obs, action, reward, next_obs, term, trunc, {})
+
+
+@pytest.mark.parametrize("derivative", ["resampled", "fixed"])
+def test_vi_variance_moves_phi_against_the_variance_gradient(derivative):
+    """β = 0: one Adam step moves μ against ∂J/∂λ = ∂(Var(ℓ_x)/ℓ_x²)/∂λ + ∂(Var(ℓ_a)/ℓ_a²)/∂λ; 0 leaves φ."""
+    obs = np.array([0.1, -0.2, 0.3, 0.05, 0.5, 0.1], np.float32)
+    key_r, key_f = VARIANCE_GRADIENT_KEYS[derivative]
+    pol = VIVariance(kl_coef=0.0, lr=1e-2, seed=0, derivative=derivative)
+    phi0 = _phi(pol)
+    for grad_r, grad_f, sign in ((0.3, 0.2, -1.0), (0.3, -0.5, 1.0), (0.2, -0.2, 0.0)):
+        pol.reset(0)
+        mu_before = pol.network(VIVariance.context(obs[None]))[0].item()
+        action, _ = pol.predict(obs)
+        info = {key_r: grad_r, key_f: grad_f, "dloss_dlam": 7.0}  # dloss_dlam must not matter
+        pol.observe(obs, action, 0.0, obs, False, False, info)
+        mu_after = pol.network(VIVariance.context(obs[None]))[0].item()
+        assert np.sign(mu_after - mu_before) == sign
+        assert pol.last["drel_var_dlam"] == pytest.approx(grad_r + grad_f)
+        assert torch.equal(_phi(pol), phi0) == (sign == 0.0)
+    pol.predict(obs)
+    with pytest.raises(KeyError, match=key_f):
+        pol.observe(obs, action, 0.0, obs, False, False, {key_r: 0.1})
+    with pytest.raises(ValueError, match="VIVariance.derivative must be 'resampled' or 'fixed', got 'exact'"):
+        VIVariance(derivative="exact")
+
+
+def test_vi_variance_runs_through_the_env(tiny_checkpoint):
+    env = gym.make("unlearn_gym/SISS-v0", checkpoint=str(tiny_checkpoint), horizon=3, **KW)
+    pol = VIVariance(kl_coef=0.0, lr=1e-2, seed=0)
+    pol.reset(0)
+    obs, _ = env.reset(seed=0)
+    phi0 = _phi(pol)
+    done = False
+    while not done:
+        action, _ = pol.predict(obs)
+        next_obs, reward, term, trunc, info = env.step(action)
+        assert 0.0 <= info["lam"] <= 1.0
+        grads = [info[k] for k in VARIANCE_GRADIENT_KEYS["resampled"]]
+        assert all(np.isfinite(g) for g in grads) and sum(grads) != 0.0
+        assert 0.0 <= info["rel_var_loss_r"] <= 1.0 and 0.0 <= info["rel_var_loss_f"] <= 1.0
+        pol.observe(obs, action, reward, next_obs, term, trunc, info)
+        obs, done = next_obs, term or trunc
+    assert trunc and not term
+    assert not torch.equal(_phi(pol), phi0)  # the variance gradient reached φ
 
 
 def test_vi_policy_samples_and_is_reproducible():

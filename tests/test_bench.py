@@ -25,6 +25,10 @@ def test_policy_specs():
     assert policy_from_spec("linear:0.9:0.1").end == 0.1
     assert policy_from_spec("random").name == "random"
     assert policy_from_spec("vi-adaptive").name == "vi-adaptive"
+    assert policy_from_spec("vi-variance").name == "vi-variance"
+    assert policy_from_spec("vi-variance:fixed").derivative == "fixed"
+    with pytest.raises(ValueError, match="expected vi-variance, vi-variance:resampled or vi-variance:fixed"):
+        policy_from_spec("vi-variance:exact")
     with pytest.raises(ValueError, match="unknown policy"):
         policy_from_spec("greedy")
     with pytest.raises(ValueError, match="not numbers"):

@@ -74,8 +74,8 @@ def policy_from_spec(spec: str, *, seed: int = 0):
     """A policy from a short spec.
 
     ``static:L`` · ``random`` (or ``random:LO:HI``) · ``linear:START:END`` · ``cosine:START:END`` ·
-    ``vi-adaptive`` · ``ppo`` (the bundled PPO agent) · ``agent:DIR`` (an agent exported by
-    ``unlearn-gym train``).
+    ``vi-adaptive`` · ``vi-variance`` (or ``vi-variance:fixed``) · ``ppo`` (the bundled PPO agent) ·
+    ``agent:DIR`` (an agent exported by ``unlearn-gym train``).
     """
     from .baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda
 
@@ -102,6 +102,12 @@ def policy_from_spec(spec: str, *, seed: int = 0):
         from .baselines.vi_adaptive import VIAdaptive
 
         return VIAdaptive(seed=seed)
+    if kind == "vi-variance":
+        from .baselines.vi_variance import VIVariance
+
+        if rest not in ("", "resampled", "fixed"):
+            raise ValueError(f"policy {spec!r}: expected vi-variance, vi-variance:resampled or vi-variance:fixed")
+        return VIVariance(seed=seed, derivative=rest or "resampled")
     if kind in ("ppo", "agent"):
         from .agents.policy import load_agent
         from .assets import bundled_agent_dir
@@ -111,7 +117,7 @@ def policy_from_spec(spec: str, *, seed: int = 0):
             raise ValueError("policy 'agent:DIR' needs the directory of an exported agent")
         return load_agent(path)
     raise ValueError(
-        f"unknown policy {spec!r}: use static:L, random, linear:A:B, cosine:A:B, vi-adaptive, ppo or agent:DIR"
+        f"unknown policy {spec!r}: use static:L, random, linear:A:B, cosine:A:B, vi-adaptive, vi-variance, ppo or agent:DIR"
     )
 
 

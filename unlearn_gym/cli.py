@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policies",
         default="static:0.5,vi-adaptive,random,ppo",
-        help="comma-separated: static:L, random, linear:A:B, cosine:A:B, vi-adaptive, ppo (bundled), agent:DIR",
+        help="comma-separated: static:L, random, linear:A:B, cosine:A:B, vi-adaptive, vi-variance, ppo (bundled), agent:DIR",
     )
     p.add_argument("--env", default="unlearn_gym/SISS-v0")
     p.add_argument(

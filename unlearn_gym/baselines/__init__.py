@@ -1,4 +1,4 @@
-"""Non-RL λ-policies: static λ, random, linear and cosine schedules, and VI-Adaptive (Algorithm 2).
+"""Non-RL λ-policies: static λ, random, linear and cosine schedules, VI-Adaptive (Algorithm 2) and VI-Variance.
 
 All have SB3's ``predict(obs, state=None, episode_start=None, deterministic=True)``; the runner
 also calls ``reset(seed)`` at each episode start and ``observe(...)`` after each step. Write your
@@ -7,12 +7,24 @@ own by subclassing :class:`LambdaPolicy` and implementing ``lam(obs, determinist
 
 from .policies import CosineSchedule, LambdaPolicy, LinearSchedule, RandomLambda, StaticLambda
 
-__all__ = ["LambdaPolicy", "StaticLambda", "RandomLambda", "LinearSchedule", "CosineSchedule", "VIAdaptive"]
+__all__ = [
+    "LambdaPolicy",
+    "StaticLambda",
+    "RandomLambda",
+    "LinearSchedule",
+    "CosineSchedule",
+    "VIAdaptive",
+    "VIVariance",
+]
 
 
-def __getattr__(name):  # VIAdaptive needs torch; the schedules do not
+def __getattr__(name):  # VIAdaptive and VIVariance need torch; the schedules do not
     if name == "VIAdaptive":
         from .vi_adaptive import VIAdaptive
 
         return VIAdaptive
+    if name == "VIVariance":
+        from .vi_variance import VIVariance
+
+        return VIVariance
     raise AttributeError(name)

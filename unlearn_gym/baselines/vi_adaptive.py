@@ -55,6 +55,9 @@ class InferenceNetwork(nn.Module):
 class VIAdaptive(LambdaPolicy):
     """Adaptive-λ SISS (Algorithm 2), learned online while it unlearns.
 
+    φ's λ-objective J is L_SISS (∂J/∂λ from ``info["dloss_dlam"]``); a subclass changes J by
+    overriding :meth:`lam_gradient` (see :class:`~unlearn_gym.baselines.vi_variance.VIVariance`).
+
     Args:
         lr: Adam's step size for φ (the authors used 1e-5 over long runs; 1e-3 suits T ≈ 20–100 steps).
         kl_coef: β, the weight of KL(N(μ, σ²) ‖ N(0, 1)) (the authors' 0.01).
@@ -64,6 +67,10 @@ class VIAdaptive(LambdaPolicy):
         learn: take the φ step in :meth:`observe` (False: a frozen f_φ).
         seed: seeds φ's initialisation and u; ``reset(seed)`` re-initialises both for each episode.
     """
+
+    name = "vi-adaptive"
+    gradient_name = "dloss_dlam"
+    """The key of ∂J/∂λ in :attr:`last`."""
 
     def __init__(
         self,
@@ -76,7 +83,6 @@ class VIAdaptive(LambdaPolicy):
     ):
         self.lr, self.kl_coef, self.hidden = float(lr), float(kl_coef), tuple(hidden)
         self.sample, self.learn = bool(sample), bool(learn)
-        self.name = "vi-adaptive"
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -106,10 +112,11 @@ class VIAdaptive(LambdaPolicy):
         return lam.double().numpy()
 
     def loss(self, context: torch.Tensor, u: torch.Tensor, dloss_dlam: torch.Tensor | float) -> torch.Tensor:
-        """The surrogate whose φ-gradient is Algorithm 2's: (∂L_SISS/∂λ)·λ_φ + β·KL, summed over the batch.
+        """The surrogate whose φ-gradient is Algorithm 2's: (∂J/∂λ)·λ_φ + β·KL, summed over the batch.
 
-        ``dloss_dlam`` is a constant (the env measured it at the applied λ); λ_φ = sigmoid(μ_φ(c) + σ_φ(c)·u)
-        carries the graph, so ∂/∂φ gives (∂L_SISS/∂λ)·λ(1 − λ)·∂z/∂φ + β·∂KL/∂φ.
+        ``dloss_dlam`` = ∂J/∂λ is a constant (the env measured it at the applied λ; J = L_SISS here);
+        λ_φ = sigmoid(μ_φ(c) + σ_φ(c)·u) carries the graph, so ∂/∂φ gives
+        (∂J/∂λ)·λ(1 − λ)·∂z/∂φ + β·∂KL/∂φ.
         """
         mu, log_var = self.network(context)
         lam = torch.sigmoid(mu + (0.5 * log_var).exp() * u)
@@ -117,15 +124,22 @@ class VIAdaptive(LambdaPolicy):
         g = torch.as_tensor(dloss_dlam, dtype=lam.dtype)
         return (g * lam).sum() + self.kl_coef * kl.sum()
 
+    def lam_gradient(self, info: dict) -> float:
+        """∂J/∂λ of φ's λ-objective at the applied λ, from the step's ``info``: ∂L_SISS/∂λ."""
+        dloss = info.get("dloss_dlam") if isinstance(info, dict) else None
+        if dloss is None:
+            raise KeyError(
+                f"{type(self).__name__}.observe needs info['dloss_dlam'] (∂L_SISS/∂λ), which SISS-v0 reports"
+            )
+        return float(dloss)
+
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
-        """One Adam step on φ with the env's ∂L_SISS/∂λ of the step just taken."""
+        """One Adam step on φ with the env's ∂J/∂λ of the step just taken (:meth:`lam_gradient`)."""
         if self._pending is None:
             return
         context, u = self._pending
         self._pending = None
-        dloss = info.get("dloss_dlam") if isinstance(info, dict) else None
-        if dloss is None:
-            raise KeyError("VIAdaptive.observe needs info['dloss_dlam'] (∂L_SISS/∂λ), which SISS-v0 reports")
+        dloss = self.lam_gradient(info)
         if not np.isfinite(dloss):  # a diverged step: nothing to learn from
             return
         loss = self.loss(context[:1], u[:1], float(dloss))
@@ -135,4 +149,4 @@ class VIAdaptive(LambdaPolicy):
             self.optimizer.step()
         with torch.no_grad():
             mu, log_var = self.network(context[:1])
-        self.last = {"mu": float(mu[0]), "sigma": float((0.5 * log_var[0]).exp()), "dloss_dlam": float(dloss)}
+        self.last = {"mu": float(mu[0]), "sigma": float((0.5 * log_var[0]).exp()), self.gradient_name: dloss}
