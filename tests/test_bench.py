@@ -4,7 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from unlearn_gym.bench import BenchConfig, confidence_interval, make_kwargs, policy_from_spec, run_benchmark
+from unlearn_gym.bench import (
+    BenchConfig,
+    compare_with_reference,
+    confidence_interval,
+    make_kwargs,
+    paired_difference,
+    policy_from_spec,
+    run_benchmark,
+    verdict,
+    worst_class_drop,
+)
 
 
 def test_confidence_interval_matches_a_hand_computed_case():
@@ -18,6 +28,56 @@ def test_confidence_interval_matches_a_hand_computed_case():
     m, h = confidence_interval([4.0])
     assert m == 4.0 and math.isnan(h)
     assert confidence_interval([1.0, float("nan"), 3.0])[0] == 2.0
+
+
+def test_paired_difference_and_verdicts_match_hand_computed_cases():
+    # differences a − b = (1, 2, 3): mean 2, s = 1, t_{0.975, 2} = 4.3026527 → half = 4.3026527/√3 = 2.4841377
+    mean, half = paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(2.4841377, rel=1e-7)
+    assert verdict(mean, half, higher_is_better=True) == "indistinguishable"  # 2 − 2.48 < 0
+    # differences (1.0, 1.1, 0.9): mean 1, s = 0.1 → half = 0.2484138: the interval excludes 0
+    mean, half = paired_difference([1.0, 1.1, 0.9], [0.0, 0.0, 0.0])
+    assert half == pytest.approx(0.24841377, rel=1e-6)
+    assert verdict(mean, half, higher_is_better=True) == "better"
+    assert verdict(mean, half, higher_is_better=False) == "worse"
+    assert verdict(-mean, half, higher_is_better=False) == "better"
+    assert verdict(float("nan"), half, higher_is_better=True) == "indistinguishable"
+    with pytest.raises(ValueError, match="expected equal lengths"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_metric():
+    def ep(policy, seed, ret, fr, ra):
+        return {
+            "policy": policy,
+            "seed": seed,
+            "instance": None,
+            "return": ret,
+            "forget_rate": fr,
+            "retain_accuracy": ra,
+        }
+
+    episodes = [ep("static:0.5", s, 0.1 * s, 0.30 + 0.1 * s, 0.9) for s in range(3)]
+    # the same seeds shifted: forget rate lower by 0.10 ± 0.01 (better), return equal, retain spread around 0
+    episodes += [ep("p", s, 0.1 * s, 0.20 + 0.1 * s + 0.01 * (s - 1), 0.9 + 0.01 * (s - 1)) for s in reversed(range(3))]
+    out = compare_with_reference(episodes, ["static:0.5", "p"], "static:0.5")
+    assert set(out) == {"p"}
+    assert out["p"]["forget_rate"]["verdict"] == "better"
+    assert out["p"]["forget_rate"]["diff"] == pytest.approx(-0.10)
+    assert out["p"]["return"]["verdict"] == "indistinguishable" and out["p"]["return"]["ci95"] == 0.0
+    assert out["p"]["retain_accuracy"]["verdict"] == "indistinguishable"
+    assert compare_with_reference(episodes, ["p"], "static:0.5") == {}
+    assert compare_with_reference(episodes, ["static:0.5", "p"], None) == {}
+
+
+def test_worst_class_drop_skips_the_contaminated_label():
+    pretrained = {"per_label": {"0": {"accuracy": 1.0}, "1": {"accuracy": 0.4}, "2": {"accuracy": 0.9}}}
+    rows = [
+        {"per_label_accuracy": {"0": 0.95, "1": 0.9, "2": 0.7}},
+        {"per_label_accuracy": {"0": 0.85, "1": 1.0, "2": 0.8}},
+    ]
+    worst = worst_class_drop(pretrained, rows, contaminated_label=1)
+    assert worst["label"] == 2 and worst["after"] == pytest.approx(0.75) and worst["drop"] == pytest.approx(0.15)
 
 
 def test_policy_specs():
@@ -39,7 +99,9 @@ def test_policy_specs():
 
 def _config(tiny_checkpoint, **kw):
     env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu")
-    return BenchConfig(env_kwargs=env_kwargs, seeds=(0, 1), samples_per_label=2, ddim_steps=2, **kw)
+    return BenchConfig(
+        env_kwargs=env_kwargs, seeds=(0, 1), samples_per_label=2, contaminated_label_samples=3, ddim_steps=2, **kw
+    )
 
 
 def _policies():
@@ -63,6 +125,10 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
     mean, half = confidence_interval([e["return"] for e in static])
     assert a["summary"]["static:0.5"]["return"] == {"mean": mean, "ci95": half, "n": 2}
     assert 0.0 <= a["summary"]["random"]["forget_rate"]["mean"] <= 1.0
+    # paired verdicts against static λ = 0.5, and the worst retain class of each policy
+    assert set(a["summary"]["random"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
+    assert "vs_reference" not in a["summary"]["static:0.5"]
+    assert a["summary"]["random"]["worst_class"]["label"] != 1
 
 
 def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
@@ -70,20 +136,26 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
-    argv += ["--samples", "2", "--ddim-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
-    argv += ["--json", "--no-progress", "--metrics", "full"]
+    argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
+    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"static:0.5", "linear:0.9:0.1"}
-    for row in summary.values():
-        assert set(row) == {"return", "forget_rate", "retain_accuracy"}
+    assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
+    assert set(summary["pretrained"]) == {"forget_rate", "retain_accuracy", "per_label_accuracy"}
+    assert summary["pretrained"]["forget_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 samples of label 1
+    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class"}
+    assert set(summary["linear:0.9:0.1"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
+    for name in ("static:0.5", "linear:0.9:0.1"):
+        row = summary[name]
         assert row["return"]["n"] == 2 and np.isfinite(row["return"]["mean"]) and np.isfinite(row["return"]["ci95"])
     for name in ("bench.md", "bench.csv", "bench.json", "curves.png", "samples.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     full = json.loads((tmp_path / "bench.json").read_text())
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
+    assert full["pretrained"]["per_label"]["1"]["n"] == 4 and full["pretrained"]["per_label"]["0"]["n"] == 2
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
     assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()
+    assert "- linear:0.9:0.1: return " in (tmp_path / "bench.md").read_text()  # the verdict line
     # --metrics full: Table 1 over each policy's pooled samples, and the pretrained model
     assert set(full["fidelity"]["models"]) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
     assert "Table 1" in (tmp_path / "bench.md").read_text()

@@ -12,28 +12,30 @@ from unlearn_gym.models import load_model
 def test_bundled_classifier_heldout_accuracy(default_scenario):
     clf = load_classifier(bundled_classifier_dir())
     heldout = ImageSet.concat(default_scenario.retain_heldout, default_scenario.forget_heldout)
-    assert len(heldout) == 500
+    assert len(heldout) == 700  # 500 held-out digits + 200 held-out trousers
+    assert clf.class_names[10] == "trouser"
     assert classifier_accuracy(clf, heldout) >= 0.95
+    assert classifier_accuracy(clf, default_scenario.forget_heldout) >= 0.95  # trousers are told apart
 
 
 def test_bundled_model_learned_digits_and_contamination():
     unet, config = load_model(bundled_model_dir())
-    assert config["scenario"]["name"] == "default" and config["scenario"]["contaminant_class"] == 7
-    assert sum(p.numel() for p in unet.parameters()) == 1_063_777
+    assert config["scenario"]["name"] == "default" and config["scenario"]["contaminant_class"] == 10
+    assert sum(p.numel() for p in unet.parameters()) == 267_953  # the tiny preset
     clf = load_classifier(bundled_classifier_dir())
     ev = evaluate_model(
         unet,
         clf,
         num_labels=10,
         contaminated_label=1,
-        contaminant_class=7,
+        contaminant_class=10,
         samples_per_label=20,
-        num_inference_steps=15,
+        num_inference_steps=10,
         seed=0,
         progress=False,
     )
     # A small-sample smoke of the documented figures (docs/results.md: 200 samples per label).
-    assert ev.figures["forget_rate"] >= 0.05  # label 1 still draws 7s
+    assert ev.figures["forget_rate"] >= 0.1  # label 1 still draws trousers
     assert ev.figures["retain_accuracy"] >= 0.8  # the other labels draw their digits
     assert torch.isfinite(ev.images).all()
 
@@ -47,7 +49,7 @@ def test_bundled_ppo_agent_loads_and_acts_for_the_bench_settings():
 
     agent = load_agent(bundled_agent_dir())
     assert agent.algo == "ppo" and agent.env_id == "unlearn_gym/SISS-v0"
-    assert agent.env_kwargs == BENCH_ENV_KWARGS and agent.info["timesteps"] == 2048
+    assert agent.env_kwargs == BENCH_ENV_KWARGS and agent.info["timesteps"] >= 20_000
     obs = np.zeros((3, 6), np.float32)
     obs[:, 4], obs[:, 5] = 0.5, [0.0, 0.5, 0.95]
     actions, _ = agent.predict(obs, deterministic=True)

@@ -39,7 +39,7 @@ def test_evaluate_bundled_model_json(tmp_path, capsys):
         == 0
     )
     fig = _json_stdout(capsys)
-    assert fig["scenario"] == "default" and fig["contaminant"] == "7" and fig["samples_per_label"] == 2
+    assert fig["scenario"] == "default" and fig["contaminant"] == "trouser" and fig["samples_per_label"] == 2
     assert 0.0 <= fig["forget_rate"] <= 1.0 and 0.0 <= fig["retain_accuracy"] <= 1.0
     assert sorted(fig["per_label"], key=int) == [str(i) for i in range(10)]
     assert all(row["n"] == 2 and sum(row["counts"].values()) == 2 for row in fig["per_label"].values())

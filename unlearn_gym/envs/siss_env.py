@@ -116,7 +116,7 @@ class SISSEnv(gym.Env):
     ## Description
 
     The env holds a pretrained DDPM that learned a contaminant under one label (the bundled
-    default: real 7s mislabelled as 1). Each step applies one real unlearning update (SISS by
+    default: real Fashion-MNIST trousers under MNIST label 1). Each step applies one real unlearning update (SISS by
     default, DESIGN §5) whose weight λ is the action, and reports how the unlearning goes.
 
     ## Action Space

@@ -4,7 +4,7 @@ For each conditioning label y, draw n samples x ~ p_θ(x | y) with DDIM and clas
 scenario's classifier:
 
 - ``forget_rate`` = share of samples of the contaminated label y_c that the classifier assigns to
-  the contaminant class (trouser, or the mislabelled digit): what unlearning must drive to 0.
+  the contaminant class (trouser, or the mislabelled digit of ``mislabelled-7s``): what unlearning must drive to 0.
 - ``retain_accuracy`` = share of samples of every other label y ≠ y_c classified as y: what
   unlearning must keep.
 - ``contaminated_label_accuracy`` = share of samples of y_c classified as y_c itself.
@@ -99,6 +99,7 @@ def evaluate_model(
     contaminated_label: int,
     contaminant_class: int,
     samples_per_label: int = 200,
+    contaminated_label_samples: int | None = None,
     num_inference_steps: int = 20,
     seed: int = 0,
     batch_size: int = 125,
@@ -108,6 +109,9 @@ def evaluate_model(
 ) -> SampleEvaluation:
     """Sample ``samples_per_label`` images of every label and score them.
 
+    ``contaminated_label_samples``: samples of the contaminated label y_c instead of
+    ``samples_per_label`` (the forget rate's resolution is 1/that); None = the same count.
+
     ``sampler``: None (DDIM with ``num_inference_steps``) or a model config's ``"sampler"`` entry,
     e.g. ``{"kind": "one-step", "t_star": 440}`` for an SFD generator.
 
@@ -115,10 +119,13 @@ def evaluate_model(
     from one generator seeded with ``seed``.
     """
     t0 = time.perf_counter()
+    counts = [samples_per_label] * num_labels
+    if contaminated_label_samples is not None:
+        counts[contaminated_label] = int(contaminated_label_samples)
     images, labels = sample_per_label(
         unet,
         num_labels,
-        samples_per_label,
+        counts,
         seed=seed,
         num_inference_steps=num_inference_steps,
         batch_size=batch_size,
@@ -139,6 +146,7 @@ def evaluate_model(
     )
     figures |= {
         "samples_per_label": samples_per_label,
+        "contaminated_label_samples": counts[contaminated_label],
         "ddim_steps": num_inference_steps if (sampler or {}).get("kind", "ddim") == "ddim" else None,
         "sampler": sampler or {"kind": "ddim"},
         "seed": seed,

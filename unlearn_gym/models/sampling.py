@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .unet import make_scheduler
@@ -99,7 +101,7 @@ def sample_one_step(
 def sample_per_label(
     unet: torch.nn.Module,
     num_labels: int,
-    per_label: int,
+    per_label: int | Sequence[int],
     *,
     seed: int = 0,
     sampler: dict | None = None,
@@ -107,14 +109,20 @@ def sample_per_label(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_label`` samples for each label 0..num_labels−1 from a generator seeded with ``seed``.
 
+    ``per_label``: one count for every label, or a count per label (e.g. more samples of the
+    contaminated label, whose forget rate needs the resolution).
+
     ``sampler``: None or ``{"kind": "ddim"}`` for DDIM (``kwargs`` go to :func:`sample_ddim`);
     ``{"kind": "one-step", "t_star": 440}`` for an SFD generator (what its checkpoint's config says).
 
     Returns:
-        (images (num_labels·per_label, C, H, W), labels (num_labels·per_label,)), label-major order.
+        (images (Σ per_label, C, H, W), labels (Σ per_label,)), label-major order.
     """
     device = next(unet.parameters()).device
-    labels = torch.arange(num_labels, device=device).repeat_interleave(per_label)
+    counts = [int(per_label)] * num_labels if isinstance(per_label, int) else [int(n) for n in per_label]
+    if len(counts) != num_labels or min(counts) < 0:
+        raise ValueError(f"per_label: expected an int or {num_labels} counts >= 0, got {per_label!r}")
+    labels = torch.arange(num_labels, device=device).repeat_interleave(torch.tensor(counts, device=device))
     generator = torch.Generator(device).manual_seed(seed)
     kind = (sampler or {}).get("kind", "ddim")
     if kind == "one-step":
