@@ -18,6 +18,22 @@ from pathlib import Path
 import numpy as np
 
 
+def evaluation_row(unet, classifier, eval_kw: dict, step: int) -> dict:
+    """Forget rate, retain accuracy, the worst retain label's accuracy and label 1's own accuracy."""
+    from unlearn_gym.metrics.forget import evaluate_model
+
+    fig = evaluate_model(unet, classifier, **eval_kw).figures
+    contaminated = str(eval_kw["contaminated_label"])
+    per = {y: r["accuracy"] for y, r in fig["per_label"].items() if y != contaminated}
+    return {
+        "step": step,
+        "forget_rate": fig["forget_rate"],
+        "retain_accuracy": fig["retain_accuracy"],
+        "worst_class_accuracy": min(per.values()),
+        "contaminated_label_accuracy": fig["contaminated_label_accuracy"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled default)")
@@ -42,7 +58,6 @@ def main() -> None:
     import unlearn_gym  # noqa: F401
     from unlearn_gym.assets import bundled_model_dir
     from unlearn_gym.metrics.classifier import classifier_dir_for, load_classifier
-    from unlearn_gym.metrics.forget import evaluate_model
     from unlearn_gym.models.checkpoint import load_model_config
 
     if args.threads:
@@ -84,25 +99,13 @@ def main() -> None:
             env.reset(seed=seed)
             rows, t0 = [], time.perf_counter()
 
-            def record(step: int) -> None:
-                fig = evaluate_model(unet, classifier, **eval_kw).figures
-                per = {y: r["accuracy"] for y, r in fig["per_label"].items() if int(y) != scen["contaminated_label"]}
-                rows.append(
-                    {
-                        "step": step,
-                        "forget_rate": fig["forget_rate"],
-                        "retain_accuracy": fig["retain_accuracy"],
-                        "worst_class_accuracy": min(per.values()),
-                        "contaminated_label_accuracy": fig["contaminated_label_accuracy"],
-                    }
-                )
-                print(f"lr {lr:g} S {scale:g} seed {seed} step {step}: {rows[-1]}", flush=True)
-
-            record(0)
+            rows.append(evaluation_row(unet, classifier, eval_kw, 0))
+            print(f"lr {lr:g} S {scale:g} seed {seed}: {rows[-1]}", flush=True)
             for step in range(1, args.steps + 1):
                 env.step(action)
                 if step % args.eval_every == 0:
-                    record(step)
+                    rows.append(evaluation_row(unet, classifier, eval_kw, step))
+                    print(f"lr {lr:g} S {scale:g} seed {seed}: {rows[-1]}", flush=True)
             curves[f"{lr:g}/{scale:g}/{seed}"] = {
                 "lr": lr,
                 "scale": scale,
