@@ -103,18 +103,27 @@ def sample_per_label(
     *,
     seed: int = 0,
     sampler: dict | None = None,
+    only_labels: tuple[int, ...] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_label`` samples for each label 0..num_labels−1 from a generator seeded with ``seed``.
 
     ``sampler``: None or ``{"kind": "ddim"}`` for DDIM (``kwargs`` go to :func:`sample_ddim`);
     ``{"kind": "one-step", "t_star": 440}`` for an SFD generator (what its checkpoint's config says).
+    ``only_labels``: sample these labels only (in this order) instead of 0..num_labels−1.
 
     Returns:
-        (images (num_labels·per_label, C, H, W), labels (num_labels·per_label,)), label-major order.
+        (images (L·per_label, C, H, W), labels (L·per_label,)), label-major order, where L is
+        ``num_labels`` or ``len(only_labels)``.
     """
     device = next(unet.parameters()).device
-    labels = torch.arange(num_labels, device=device).repeat_interleave(per_label)
+    if only_labels is None:
+        labels = torch.arange(num_labels, device=device).repeat_interleave(per_label)
+    else:
+        bad = [y for y in only_labels if not 0 <= int(y) < num_labels]
+        if not only_labels or bad:
+            raise ValueError(f"only_labels: expected labels in [0, {num_labels}), got {list(only_labels)}")
+        labels = torch.tensor([int(y) for y in only_labels], device=device).repeat_interleave(per_label)
     generator = torch.Generator(device).manual_seed(seed)
     kind = (sampler or {}).get("kind", "ddim")
     if kind == "one-step":
