@@ -190,10 +190,13 @@ def test_evaluate_robustness_on_a_tiny_checkpoint(tmp_path, capsys, tiny_checkpo
                                    "relearn_retain_forget_rate", "relearn_retain_steps_to_half",
                                    "relearn_mixed_forget_rate", "relearn_mixed_steps_to_half"}  # fmt: skip
     assert json.loads((tmp_path / "evaluation.json").read_text())["robustness"]["summary"] == rob["summary"]
-    # the text output too
-    main([a for a in argv if a != "--json"])
+    # the text output too, with the bundled model as the pretrained level
+    text_argv = [a for a in argv if a != "--json"]
+    text_argv[text_argv.index("--pretrained") + 1] = "bundled"
+    main(text_argv)
     out = capsys.readouterr().out
-    assert "membership inference (loss attack" in out and "relearning (2 steps; pretrained level" in out
+    assert "membership inference (loss attack" in out and "relearning (2 steps; pretrained level 0." in out
+    assert json.loads((tmp_path / "evaluation.json").read_text())["robustness"]["pretrained"].endswith("model")
 
 
 def test_evaluate_metrics_option_is_a_comma_separated_set(tmp_path):

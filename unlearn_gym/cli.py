@@ -282,7 +282,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         unet, config = load_model(checkpoint, device)
         classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
         others = [(Path(c), *load_model(c, device)) for c in args.compare]
-        pretrained = load_model(args.pretrained, device)[0] if robust and args.pretrained else None
+        pretrained_dir = bundled_model_dir() if args.pretrained == "bundled" else args.pretrained
+        pretrained = load_model(pretrained_dir, device)[0] if robust and pretrained_dir else None
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     robustness_config = _robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.seed) if robust else None
@@ -369,7 +370,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **kw,
         )
-        figures["robustness"]["pretrained"] = args.pretrained
+        figures["robustness"]["pretrained"] = None if pretrained_dir is None else str(pretrained_dir)
         figures["seconds"]["robustness"] = figures["robustness"]["seconds"]
     write_json_atomic(figures, out / "evaluation.json")
     if args.json:
@@ -687,7 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_robustness_args(p, "--metrics robustness")
     p.add_argument(
-        "--pretrained", default=None, metavar="DIR", help="robustness: the pretrained model, for 'steps to half'"
+        "--pretrained",
+        default=None,
+        metavar="DIR",
+        help="robustness: the pretrained model (a directory, or 'bundled'), whose forget rate 'steps to half' refers to",
     )
     p.set_defaults(func=cmd_evaluate)
 
