@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -159,3 +160,37 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     # --metrics full: Table 1 over each policy's pooled samples, and the pretrained model
     assert set(full["fidelity"]["models"]) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
     assert "Table 1" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):
+    import torch
+
+    from unlearn_gym.bench import json_summary, to_markdown, write_report
+    from unlearn_gym.metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
+
+    torch.set_num_threads(1)
+    rcfg = RobustnessConfig(
+        membership=MembershipConfig(num_samples=3, timesteps=(100,), noises_per_timestep=1, bootstrap=10),
+        relearn=RelearnConfig(steps=2, eval_every=1, batch_size=2, forget_per_batch=1, samples=2, ddim_steps=1),
+    )
+    config = _config(tiny_checkpoint, robustness=True, robustness_config=rcfg)
+    config = dataclasses.replace(config, samples_per_label=1, ddim_steps=1)
+    result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
+    keys = {"mia_forget_auc", "mia_forget_tpr", "mia_retain_auc", "mia_retain_tpr", "relearn_retain_forget_rate",
+            "relearn_retain_steps_to_half", "relearn_mixed_forget_rate", "relearn_mixed_steps_to_half"}  # fmt: skip
+    for e in result["episodes"]:
+        assert keys <= set(e) and e["robustness"]["relearn"]["curves"]["mixed"]["steps"] == [0, 1, 2]
+        # the level that "steps to half" refers to is the pretrained model's, measured once
+        assert e["robustness"]["relearn"]["pretrained_forget_rate"] == result["pretrained_robustness"]["relearn_level"]
+    row = result["summary"]["static:0.5"]["robustness"]
+    assert set(row) == keys
+    mean, half = confidence_interval([e["mia_forget_auc"] for e in result["episodes"]])
+    assert row["mia_forget_auc"] == {"mean": mean, "ci95": half, "n": 2}
+    assert set(result["pretrained_robustness"]) == {"mia_forget_auc", "mia_forget_tpr", "mia_retain_auc",
+                                                    "mia_retain_tpr", "relearn_level"}  # fmt: skip
+    assert keys <= set(json_summary(result)["static:0.5"])
+    assert "## Robustness: membership inference and relearning" in to_markdown(result)
+    paths = write_report(result, tmp_path)
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert keys <= set(header) and "seconds_robustness" in header
+    assert json.loads(paths["json"].read_text())["settings"]["robustness_config"]["relearn"]["steps"] == 2

@@ -165,3 +165,49 @@ def test_full_table_has_one_row_per_model(tmp_path, capsys, tiny_checkpoint):
     # same weights, same seed: the same samples and the same figures
     rows = list(fig["table"]["models"].values())
     assert rows[0]["forget"]["fid"] == rows[1]["forget"]["fid"]
+
+
+def test_evaluate_robustness_on_a_tiny_checkpoint(tmp_path, capsys, tiny_checkpoint):
+    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--pretrained", str(tiny_checkpoint), "--samples", "1"]
+    argv += ["--ddim-steps", "1", "--metrics", "robustness", "--mia-samples", "4", "--mia-bootstrap", "20"]
+    argv += ["--relearn-steps", "2", "--relearn-every", "1", "--relearn-batch-size", "2", "--relearn-samples", "2"]
+    argv += ["--relearn-forget-images", "2", "--relearn-forget-per-batch", "1", "--threads", "1"]
+    argv += ["--json", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    fig = _json_stdout(capsys)
+    rob = fig["robustness"]
+    assert "table" not in fig and 0.0 <= fig["forget_rate"] <= 1.0  # basic figures as ever, no Table 1
+    for part in ("forget", "retain"):
+        a = rob["membership"][part]
+        assert a["n_members"] == a["n_nonmembers"] == 4 and 0.0 <= a["auc"] <= 1.0 and len(a["auc_ci95"]) == 2
+    curves = rob["relearn"]["curves"]
+    assert list(curves) == ["retain", "mixed"] and curves["mixed"]["steps"] == [0, 1, 2]
+    # the pretrained level is the same model's, sampled the same way: reached at step 0 (if it is > 0)
+    level = rob["relearn"]["pretrained_forget_rate"]
+    assert level == curves["retain"]["forget_rates"][0] and rob["pretrained"] == str(tiny_checkpoint)
+    assert curves["retain"]["steps_to_half"] == (0 if level > 0 else None)
+    assert set(rob["summary"]) == {"mia_forget_auc", "mia_forget_tpr", "mia_retain_auc", "mia_retain_tpr",
+                                   "relearn_retain_forget_rate", "relearn_retain_steps_to_half",
+                                   "relearn_mixed_forget_rate", "relearn_mixed_steps_to_half"}  # fmt: skip
+    assert json.loads((tmp_path / "evaluation.json").read_text())["robustness"]["summary"] == rob["summary"]
+    # the text output too, with the bundled model as the pretrained level
+    text_argv = [a for a in argv if a != "--json"]
+    text_argv[text_argv.index("--pretrained") + 1] = "bundled"
+    main(text_argv)
+    out = capsys.readouterr().out
+    assert "membership inference (loss attack" in out and "relearning (2 steps; pretrained level 0." in out
+    assert json.loads((tmp_path / "evaluation.json").read_text())["robustness"]["pretrained"].endswith("model")
+
+
+def test_evaluate_metrics_option_is_a_comma_separated_set(tmp_path):
+    from unlearn_gym.cli import _parse_metrics
+
+    assert _parse_metrics("full") == {"full"} and _parse_metrics("basic") == {"basic"}
+    assert _parse_metrics("full,robustness") == _parse_metrics(" robustness , full ") == {"full", "robustness"}
+    with pytest.raises(SystemExit, match=r"--metrics: expected a comma-separated subset of basic, full, robustness"):
+        main(["evaluate", "--metrics", "full,mia", "--device", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--relearn-steps must be >= 1, got 0"):
+        main(["evaluate", "--metrics", "robustness", "--relearn-steps", "0"])
+    with pytest.raises(SystemExit, match="RelearnConfig.forget_per_batch must be <= batch_size=2, got 4"):
+        main(["evaluate", "--metrics", "robustness", "--relearn-batch-size", "2", "--device", "cpu",
+              "--out", str(tmp_path)])  # fmt: skip

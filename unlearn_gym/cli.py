@@ -183,7 +183,88 @@ def _evaluation_kwargs(config: dict, args: argparse.Namespace, *, seed: int, bat
     )
 
 
+EVALUATE_METRICS = ("basic", "full", "robustness")
+
+
+def _parse_metrics(text: str) -> set[str]:
+    """``--metrics``: a comma-separated subset of basic, full, robustness (basic is always computed)."""
+    parts = {p.strip() for p in text.split(",") if p.strip()}
+    if not parts or parts - set(EVALUATE_METRICS):
+        raise SystemExit(
+            f"error: --metrics: expected a comma-separated subset of {', '.join(EVALUATE_METRICS)} "
+            f"(e.g. full,robustness), got {text!r}"
+        )
+    return parts
+
+
+def _add_robustness_args(p: argparse.ArgumentParser, flag: str) -> None:
+    g = p.add_argument_group(f"robustness (with {flag}): membership inference and relearning")
+    g.add_argument("--mia-samples", type=int, default=64, help="members and non-members per pair of sets")
+    g.add_argument("--mia-attack", default="loss", choices=["loss", "secmi"], help="denoising loss or SecMI t-error")
+    g.add_argument("--mia-bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
+    g.add_argument("--relearn-steps", type=int, default=200, help="K: DDPM fine-tuning steps per mode")
+    g.add_argument("--relearn-every", type=int, default=50, help="steps between forget-rate evaluations")
+    g.add_argument("--relearn-lr", type=float, default=1e-4, help="AdamW learning rate of the fine-tuning")
+    g.add_argument("--relearn-batch-size", type=int, default=16)
+    g.add_argument("--relearn-forget-images", type=int, default=8, help="m: forget images of the 'mixed' mode")
+    g.add_argument("--relearn-forget-per-batch", type=int, default=4, help="forget images in each 'mixed' batch")
+    g.add_argument("--relearn-samples", type=int, default=50, help="contaminated-label samples per evaluation")
+
+
+def _robustness_config(args: argparse.Namespace, *, ddim_steps: int, eval_seed: int):
+    """A :class:`~unlearn_gym.metrics.robustness.RobustnessConfig` from the robustness options."""
+    from .metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
+
+    try:
+        return RobustnessConfig(
+            membership=MembershipConfig(
+                num_samples=args.mia_samples, attack=args.mia_attack, bootstrap=args.mia_bootstrap, seed=eval_seed
+            ),
+            relearn=RelearnConfig(
+                steps=args.relearn_steps,
+                eval_every=args.relearn_every,
+                lr=args.relearn_lr,
+                batch_size=args.relearn_batch_size,
+                forget_images=args.relearn_forget_images,
+                forget_per_batch=args.relearn_forget_per_batch,
+                samples=args.relearn_samples,
+                ddim_steps=ddim_steps,
+                eval_seed=eval_seed,
+            ),
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _format_robustness(rob: dict) -> str:
+    mia, rel = rob["membership"], rob["relearn"]
+    s = mia["settings"]
+    lines = [f"membership inference ({s['attack']} attack; AUC 0.5 = chance):"]
+    for part in ("forget", "retain"):
+        a = mia[part]
+        lines.append(
+            f"  {part:6}  AUC {a['auc']:.3f} [{a['auc_ci95'][0]:.3f}, {a['auc_ci95'][1]:.3f}]   "
+            f"TPR@{a['fpr']:.0%} FPR {a['tpr']:.3f} [{a['tpr_ci95'][0]:.3f}, {a['tpr_ci95'][1]:.3f}]   "
+            f"({a['n_members']} members, {a['n_nonmembers']} non-members)"
+        )
+    level = rel["pretrained_forget_rate"]
+    lines.append(
+        f"relearning ({rel['settings']['steps']} steps; pretrained level "
+        + ("not given: --pretrained DIR" if level is None else f"{level:.3f}")
+        + "):"
+    )
+    for mode, c in rel["curves"].items():
+        curve = " ".join(f"{r:.2f}@{st}" for st, r in zip(c["steps"], c["forget_rates"]))
+        half = c["steps_to_half"]
+        lines.append(
+            f"  {mode:6}  forget rate after K {c['final_forget_rate']:.3f}; steps to half "
+            f"{'–' if half is None else half}; curve {curve}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Sample a model and report its forget rate and retain accuracy; optionally Table 1 and the attacks."""
     import torch
     from torchvision.utils import save_image
 
@@ -192,6 +273,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics.forget import evaluate_model
     from .models.checkpoint import CheckpointError, load_model, write_json_atomic
 
+    metrics = _parse_metrics(args.metrics)
+    full, robust = "full" in metrics, "robustness" in metrics
     _set_threads(args.threads)
     device = _resolve_device(args.device)
     checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_model_dir()
@@ -199,10 +282,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         unet, config = load_model(checkpoint, device)
         classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
         others = [(Path(c), *load_model(c, device)) for c in args.compare]
+        pretrained_dir = bundled_model_dir() if args.pretrained == "bundled" else args.pretrained
+        pretrained = load_model(pretrained_dir, device)[0] if robust and pretrained_dir else None
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    robustness_config = _robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.seed) if robust else None
     feature = logits_module = None
-    if args.metrics == "full" and args.features == "inception":
+    if full and args.features == "inception":
         from .metrics.fidelity import InceptionUnavailableError, inception_feature
 
         try:  # before any sampling: fail fast where the weights are absent
@@ -233,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     grid_path = out / "samples.png"
     save_image(rows.flatten(0, 1).cpu() * 0.5 + 0.5, grid_path, nrow=cols, padding=2, pad_value=0.5)
     figures["grid"] = str(grid_path)
-    if args.metrics == "full":
+    if full:
         from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
         from .metrics.table import SampleSet, fidelity_table, to_markdown
 
@@ -262,14 +348,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         markdown = to_markdown(table)
         (out / "table.md").write_text(markdown + "\n")
         figures["table_markdown"] = str(out / "table.md")
+    if robust:
+        from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
+        from .metrics.robustness import robustness_figures, sampled_forget_rate
+
+        try:
+            scenario = scenario_of_checkpoint(config)
+        except ScenarioDataError as e:
+            raise SystemExit(f"error: --metrics robustness needs the scenario's real images: {e}") from None
+        kw = dict(scheduler_config=config.get("scheduler"), sampler=config.get("sampler"))
+        level = None
+        if pretrained is not None:  # the level that "steps to half" refers to, sampled the same way
+            level = sampled_forget_rate(pretrained, classifier, scenario, robustness_config.relearn, **kw)
+            level = level["forget_rate"]
+        figures["robustness"] = robustness_figures(
+            unet,
+            scenario,
+            classifier,
+            robustness_config,
+            pretrained_forget_rate=level,
+            progress=not args.no_progress,
+            **kw,
+        )
+        figures["robustness"]["pretrained"] = None if pretrained_dir is None else str(pretrained_dir)
+        figures["seconds"]["robustness"] = figures["robustness"]["seconds"]
     write_json_atomic(figures, out / "evaluation.json")
     if args.json:
         print(json.dumps(figures))
     else:
         print(_format_table(figures))
-        if args.metrics == "full":
+        if full:
             print()
             print(markdown)
+        if robust:
+            print()
+            print(_format_robustness(figures["robustness"]))
         print(f"\nsample grid: {grid_path}\nfigures:     {out / 'evaluation.json'}")
     return 0
 
@@ -478,6 +591,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             metrics=args.metrics,
             classifier=args.classifier,
             reference=None if args.reference.lower() == "none" else args.reference,
+            robustness=args.robustness,
+            robustness_config=_robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.eval_seed)
+            if args.robustness
+            else None,
         )
         t0 = time.perf_counter()
         result = run_benchmark(policies, config, progress=not args.no_progress)
@@ -556,7 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=125, help="images per UNet call while sampling")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/evaluate", help="folder for samples.png and evaluation.json")
-    p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM tables")
+    p.add_argument(
+        "--metrics",
+        default="basic",
+        help="comma-separated: basic (always), full (FID/KID/IS/SSIM tables), robustness (membership inference "
+        "and relearning), e.g. full,robustness",
+    )
     p.add_argument("--compare", nargs="*", default=[], metavar="DIR", help="more model directories for the full table")
     p.add_argument(
         "--features",
@@ -570,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    _add_robustness_args(p, "--metrics robustness")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="DIR",
+        help="robustness: the pretrained model (a directory, or 'bundled'), whose forget rate 'steps to half' refers to",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("unlearn", help="run a λ-policy through SISS-v0 and evaluate before and after")
@@ -662,6 +791,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by policy on stdout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--robustness", action="store_true", help="also membership inference and relearning of every unlearned model"
+    )
+    _add_robustness_args(p, "--robustness")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
@@ -675,10 +808,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COUNT_OPTIONS = ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats", "timesteps", "seeds")
+_COUNT_OPTIONS += ("mia_samples", "mia_bootstrap", "relearn_steps", "relearn_every", "relearn_batch_size")
+_COUNT_OPTIONS += ("relearn_forget_images", "relearn_forget_per_batch", "relearn_samples")
+"""Options that must be >= 1 where a command has them."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    for name in ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats", "timesteps", "seeds"):
+    for name in _COUNT_OPTIONS:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")

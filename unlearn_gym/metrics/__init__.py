@@ -1,4 +1,4 @@
-"""Evaluation: the scenario classifier, forget rate and retain accuracy."""
+"""Evaluation: the scenario classifier, forget rate and retain accuracy, Table 1 (``table``), attacks (``robustness``)."""
 
 from .classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 

@@ -106,6 +106,7 @@ def evaluate_model(
     scheduler_config: dict | None = None,
     progress: bool = True,
     sampler: dict | None = None,
+    only_labels: tuple[int, ...] | None = None,
 ) -> SampleEvaluation:
     """Sample ``samples_per_label`` images of every label and score them.
 
@@ -114,6 +115,8 @@ def evaluate_model(
 
     ``sampler``: None (DDIM with ``num_inference_steps``) or a model config's ``"sampler"`` entry,
     e.g. ``{"kind": "one-step", "t_star": 440}`` for an SFD generator.
+    ``only_labels``: sample only these labels (e.g. ``(contaminated_label,)`` when only the forget
+    rate is wanted; ``retain_accuracy`` is then NaN unless another label is among them).
 
     Equal ``seed`` (and settings, on the same device) gives equal figures: the initial noise comes
     from one generator seeded with ``seed``.
@@ -132,6 +135,7 @@ def evaluate_model(
         scheduler_config=scheduler_config,
         progress=progress,
         sampler=sampler,
+        only_labels=only_labels,
     )
     t1 = time.perf_counter()
     classifier = classifier.to(images.device)

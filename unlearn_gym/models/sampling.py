@@ -105,6 +105,7 @@ def sample_per_label(
     *,
     seed: int = 0,
     sampler: dict | None = None,
+    only_labels: tuple[int, ...] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_label`` samples for each label 0..num_labels−1 from a generator seeded with ``seed``.
@@ -114,14 +115,20 @@ def sample_per_label(
 
     ``sampler``: None or ``{"kind": "ddim"}`` for DDIM (``kwargs`` go to :func:`sample_ddim`);
     ``{"kind": "one-step", "t_star": 440}`` for an SFD generator (what its checkpoint's config says).
+    ``only_labels``: sample these labels only (their counts; every other label gets 0).
 
     Returns:
-        (images (Σ per_label, C, H, W), labels (Σ per_label,)), label-major order.
+        (images (Σ counts, C, H, W), labels (Σ counts,)), label-major order (labels ascending).
     """
     device = next(unet.parameters()).device
     counts = [int(per_label)] * num_labels if isinstance(per_label, int) else [int(n) for n in per_label]
     if len(counts) != num_labels or min(counts) < 0:
         raise ValueError(f"per_label: expected an int or {num_labels} counts >= 0, got {per_label!r}")
+    if only_labels is not None:
+        bad = [y for y in only_labels if not 0 <= int(y) < num_labels]
+        if not only_labels or bad:
+            raise ValueError(f"only_labels: expected labels in [0, {num_labels}), got {list(only_labels)}")
+        counts = [n if y in {int(v) for v in only_labels} else 0 for y, n in enumerate(counts)]
     labels = torch.arange(num_labels, device=device).repeat_interleave(torch.tensor(counts, device=device))
     generator = torch.Generator(device).manual_seed(seed)
     kind = (sampler or {}).get("kind", "ddim")
