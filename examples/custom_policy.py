@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default=None, help="pretrained model directory (default: bundled)")
     parser.add_argument("--batch-size", type=int, default=BENCH_ENV_KWARGS["batch_size"])
     parser.add_argument("--horizon", type=int, default=BENCH_ENV_KWARGS["horizon"])
-    parser.add_argument("--samples", type=int, default=10, help="evaluation samples per label")
+    parser.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label")
+    parser.add_argument("--contaminated-samples", type=int, default=100, help="evaluation samples of label 1")
     parser.add_argument("--ddim-steps", type=int, default=10)
     args = parser.parse_args(argv)
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         env_kwargs=env_kwargs,
         seeds=tuple(range(args.seeds)),
         samples_per_label=args.samples,
+        contaminated_label_samples=args.contaminated_samples,
         ddim_steps=args.ddim_steps,
     )
     result = run_benchmark(policies, config)

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--agent", default=None, help="exported agent directory (default: the bundled PPO)")
     parser.add_argument("--checkpoint", default=None, help="the env's pretrained model (default: the agent's)")
     parser.add_argument("--episodes", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=10, help="evaluation samples per label")
+    parser.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label")
+    parser.add_argument("--contaminated-samples", type=int, default=100, help="evaluation samples of label 1")
     parser.add_argument("--ddim-steps", type=int, default=10)
     args = parser.parse_args(argv)
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         env_kwargs=env_kwargs,
         seeds=tuple(range(args.episodes)),
         samples_per_label=args.samples,
+        contaminated_label_samples=args.contaminated_samples,
         ddim_steps=args.ddim_steps,
     )
     result = run_benchmark({agent.algo: agent}, config, progress=False)

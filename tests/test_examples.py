@@ -27,7 +27,7 @@ def test_custom_policy_example_benchmarks_against_the_baselines(tiny_checkpoint,
     module = runpy.run_path(str(EXAMPLES / "custom_policy.py"))
     result = module["main"](
         ["--seeds", "2", "--checkpoint", str(tiny_checkpoint), "--batch-size", "2", "--horizon", "2"]
-        + ["--samples", "1", "--ddim-steps", "1"]
+        + ["--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
     )
     assert list(result["summary"]) == ["forget-loss-feedback", "static:0.5", "random", "vi-adaptive"]
     lams = [e["lambdas"][0] for e in result["episodes"] if e["policy"] == "forget-loss-feedback"]
@@ -41,7 +41,20 @@ def test_evaluate_agent_example(tiny_checkpoint, tmp_path, capsys):
     env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")
     train_agent("mcpg", total_timesteps=4, out=tmp_path, env_kwargs=env_kwargs, progress_bar=False, sample_every=0)
     module = runpy.run_path(str(EXAMPLES / "evaluate_agent.py"))
-    result = module["main"](["--agent", str(tmp_path), "--episodes", "2", "--samples", "1", "--ddim-steps", "1"])
+    result = module["main"](
+        [
+            "--agent",
+            str(tmp_path),
+            "--episodes",
+            "2",
+            "--samples",
+            "1",
+            "--contaminated-samples",
+            "2",
+            "--ddim-steps",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "evaluate_policy: return" in out and "forget_rate" in out
     assert result["summary"]["mcpg"]["return"]["n"] == 2

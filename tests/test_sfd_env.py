@@ -78,7 +78,7 @@ def test_actions_rewards_and_the_one_step_generator(make, tmp_path):
     unet, config = load_model(directory)
     assert config["sampler"] == {"kind": "one-step", "t_star": 440}
     ev = evaluate_model(
-        unet, load_classifier(bundled_classifier_dir()), num_labels=10, contaminated_label=1, contaminant_class=7,
+        unet, load_classifier(bundled_classifier_dir()), num_labels=10, contaminated_label=1, contaminant_class=10,
         samples_per_label=2, sampler=config["sampler"], progress=False,
     )  # fmt: skip
     assert ev.images.shape == (20, 1, 28, 28) and ev.figures["sampler"]["kind"] == "one-step"
@@ -104,7 +104,9 @@ def test_bench_and_evaluate_report_class_erasure(make, tiny_checkpoint, tmp_path
     from unlearn_gym.cli import main
 
     env_kwargs = dict(checkpoint=str(tiny_checkpoint), forget_class=0, horizon=1, **KW)
-    config = BenchConfig(env_id="unlearn_gym/SFD-v0", env_kwargs=env_kwargs, seeds=(0,), samples_per_label=2)
+    config = BenchConfig(
+        env_id="unlearn_gym/SFD-v0", env_kwargs=env_kwargs, seeds=(0,), samples_per_label=2, contaminated_label_samples=2
+    )
     result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
     episode = result["episodes"][0]
     per_label = result["pretrained"]["per_label"]
