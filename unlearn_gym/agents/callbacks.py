@@ -21,6 +21,9 @@ STEP_KEYS = (
     "reward_efficacy_gain",
     "reward_smoothness",
     "reward_degradation",
+    "var_loss",
+    "rel_var_loss_r",
+    "rel_var_loss_f",
 )
 """``info`` entries averaged over each logging interval (``record_mean``) under ``unlearn/``."""
 
