@@ -138,7 +138,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
     argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
-    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full"]
+    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--workers", "1"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
@@ -194,3 +194,25 @@ def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):
     header = paths["csv"].read_text().splitlines()[0].split(",")
     assert keys <= set(header) and "seconds_robustness" in header
     assert json.loads(paths["json"].read_text())["settings"]["robustness_config"]["relearn"]["steps"] == 2
+
+
+def test_workers_give_the_episodes_of_one_process(tiny_checkpoint):
+    """Two spawned worker processes run the same episodes as one process (floats up to the thread count's
+    summation order), in the same order, with the same grids."""
+    import dataclasses
+
+    import torch
+
+    torch.set_num_threads(1)  # the workers' thread count: then the floats agree closely
+    config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2))
+    one = run_benchmark(_policies(), config, progress=False, log=None)
+    two = run_benchmark(_policies(), dataclasses.replace(config, workers=2), progress=False, log=None)
+    assert [(e["policy"], e["seed"]) for e in two["episodes"]] == [(e["policy"], e["seed"]) for e in one["episodes"]]
+    for a, b in zip(one["episodes"], two["episodes"]):
+        assert a["lambdas"] == pytest.approx(b["lambdas"], abs=1e-5)
+        assert a["return"] == pytest.approx(b["return"], abs=1e-5)
+        assert a["forget_rate"] == b["forget_rate"] and a["per_label_accuracy"] == b["per_label_accuracy"]
+    assert set(two["_grids"]) == set(one["_grids"])
+    assert torch.allclose(two["_grids"]["random"], one["_grids"]["random"], atol=1e-4)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        dataclasses.replace(config, workers=0)

@@ -105,7 +105,11 @@ def test_bench_and_evaluate_report_class_erasure(make, tiny_checkpoint, tmp_path
 
     env_kwargs = dict(checkpoint=str(tiny_checkpoint), forget_class=0, horizon=1, **KW)
     config = BenchConfig(
-        env_id="unlearn_gym/SFD-v0", env_kwargs=env_kwargs, seeds=(0,), samples_per_label=2, contaminated_label_samples=2
+        env_id="unlearn_gym/SFD-v0",
+        env_kwargs=env_kwargs,
+        seeds=(0,),
+        samples_per_label=2,
+        contaminated_label_samples=2,
     )
     result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
     episode = result["episodes"][0]

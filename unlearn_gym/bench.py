@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -160,6 +161,11 @@ class BenchConfig:
     """The evaluation classifier's directory (default: the checkpoint's, or the bundled one)."""
     grid_columns: int = 8
     """Samples per label in the before/after grids."""
+    workers: int = 1
+    """Processes that run the episodes side by side (each with its own env and one torch thread);
+    1 = every episode in this process. An episode depends only on its (seed, instance), so the
+    records are the same for any number of workers, up to the floating-point summation order of
+    a different torch thread count. With ``robustness`` the episodes run in this process."""
     reference: str | None = "static:0.5"
     """The policy every other is compared with (paired over equal seeds and instances); None or a
     name not benchmarked: no verdicts."""
@@ -177,6 +183,8 @@ class BenchConfig:
             raise ValueError(
                 f"samples_per_label must be >= 0 and ddim_steps >= 1, got {self.samples_per_label} and {self.ddim_steps}"
             )
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.contaminated_label_samples is not None and self.contaminated_label_samples < 1:
             raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
         if self.metrics not in ("basic", "full"):
@@ -216,73 +224,25 @@ def run_benchmark(
         ``warnings``; plus the non-JSON ``_grids`` (before/after sample tensors) that
         :func:`write_report` draws and drops.
     """
-    import gymnasium as gym
     import torch
     from tqdm.auto import tqdm
 
-    import unlearn_gym  # noqa: F401  (registers the envs)
-
-    from .metrics.classifier import classifier_dir_for, load_classifier
-    from .metrics.forget import evaluate_model
-    from .models.checkpoint import load_model_config
-
     log = log or (lambda _msg: None)
-    env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
-    base = env.unwrapped
-    warnings: list[str] = []
-    for name, policy in policies.items():
-        trained_on = getattr(policy, "env_kwargs", None)
-        if trained_on is not None:
-            differ = {
-                k: (trained_on.get(k), base.config.__dict__.get(k))
-                for k in ("batch_size", "horizon", "lr", "action_mode", "objective")
-                if k in trained_on and trained_on.get(k) != base.config.__dict__.get(k)
-            }
-            if differ:
-                warnings.append(f"{name} was trained with other env settings (trained, benched): {differ}")
-        if getattr(policy, "env_id", config.env_id) != config.env_id:
-            warnings.append(f"{name} was trained on {policy.env_id}, benched on {config.env_id}")
+    runner = EpisodeRunner(policies, config)
+    base, evaluate = runner.base, runner.evaluate
+    warnings = runner.warnings()
     for w in warnings:
         log(f"warning: {w}")
 
-    evaluate = None
-    if config.samples_per_label > 0:
-        from .assets import bundled_model_dir
-
-        checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
-        model_config = load_model_config(checkpoint)
-        classifier = load_classifier(classifier_dir_for(checkpoint, model_config, config.classifier), base.device)
-        scen = model_config["scenario"]
-        eval_kw = dict(
-            num_labels=scen["num_labels"],
-            contaminated_label=scen["contaminated_label"],
-            contaminant_class=scen["contaminant_class"],
-            samples_per_label=config.samples_per_label,
-            contaminated_label_samples=config.contaminated_label_samples,
-            num_inference_steps=config.ddim_steps,
-            seed=config.eval_seed,
-            scheduler_config=model_config.get("scheduler"),
-            progress=False,
-            sampler=getattr(base, "sampler", None),  # SFD-v0: its one-step generator
-        )
-        forget_class = getattr(base, "forget_class", None)  # SFD-v0: class erasure figures too
-
-        def evaluate():
-            ev = evaluate_model(base.engine.unet, classifier, **eval_kw)
-            if forget_class is not None:
-                from .metrics.forget import erasure_figures
-
-                ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
-            return ev
-
     # the pretrained model, once: every reset restores exactly these weights
-    env.reset(seed=config.seeds[0], options=None if config.instances[0] is None else {"instance": config.instances[0]})
+    first = config.instances[0]
+    runner.env.reset(seed=config.seeds[0], options=None if first is None else {"instance": first})
     pretrained, grids, samples = None, {}, {}
     if evaluate is not None:
         t0 = time.perf_counter()
         ev = evaluate()
         pretrained = dict(ev.figures)
-        grids["pretrained"] = _grid_images(ev, scen["num_labels"], config)
+        grids["pretrained"] = _grid_images(ev, runner.num_labels, config)
         samples["pretrained"] = (ev.images, ev.labels)
         log(
             f"pretrained: forget_rate {ev.figures['forget_rate']:.3f}, retain_accuracy "
@@ -294,61 +254,37 @@ def run_benchmark(
         robust, pretrained_robustness = _robustness_runner(base, config, log)
 
     runs = [(n, s, i) for n in policies for s in config.seeds for i in config.instances]
+    bar = tqdm(total=len(runs), desc="bench", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    if config.workers > 1 and robust is None and len(runs) > 1:
+        outcomes = _run_in_workers(policies, config, runs, bar)
+    else:
+        outcomes = []
+        for name, seed, instance in runs:
+            bar.set_postfix_str(f"{name} seed {seed}")
+            record, ev = runner.episode(name, seed, instance)
+            if robust is not None:
+                t2 = time.perf_counter()
+                figures = robust()
+                record |= figures["summary"]
+                record["robustness"] = figures
+                record["seconds_robustness"] = round(time.perf_counter() - t2, 3)
+            outcomes.append((record, ev))
+            bar.update(1)
+    bar.close()
     episodes = []
-    bar = tqdm(runs, desc="bench", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    for name, seed, instance in bar:
-        policy = policies[name]
-        bar.set_postfix_str(f"{name} seed {seed}")
-        if hasattr(policy, "reset"):
-            policy.reset(seed)
-        t0 = time.perf_counter()
-        obs, _ = env.reset(seed=seed, options=None if instance is None else {"instance": instance})
-        lams, rewards, done, info, episode_start = [], [], False, {}, True
-        while not done:
-            action, _ = policy.predict(obs, episode_start=np.array([episode_start]), deterministic=config.deterministic)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            if hasattr(policy, "observe"):
-                policy.observe(obs, action, reward, next_obs, terminated, truncated, info)
-            lams.append(float(info["lam"]))
-            rewards.append(float(reward))
-            obs, done, episode_start = next_obs, terminated or truncated, False
-        t1 = time.perf_counter()
-        record = {
-            "policy": name,
-            "seed": seed,
-            "instance": instance,
-            "return": float(np.sum(rewards)),
-            "length": len(rewards),
-            "diverged": bool(info.get("diverged", False)),
-            "efficacy": float(info.get("efficacy", float("nan"))),
-            "degradation": float(info.get("degradation", float("nan"))),
-            "mean_lambda": float(np.mean(lams)),
-            "lambdas": lams,
-            "rewards": rewards,
-            "seconds_unlearn": round(t1 - t0, 3),
-        }
-        if evaluate is not None:
-            ev = evaluate()
-            keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
-            record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
-            record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
-            record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
+    for record, ev in outcomes:
+        name = record["policy"]
+        if ev is not None:
             if name not in grids:
-                grids[name] = _grid_images(ev, scen["num_labels"], config)
+                grids[name] = _grid_images(ev, runner.num_labels, config)
             if config.metrics == "full":
                 imgs, labels = samples.get(name, (None, None))
                 samples[name] = (
                     ev.images if imgs is None else torch.cat([imgs, ev.images]),
                     ev.labels if labels is None else torch.cat([labels, ev.labels]),
                 )
-        if robust is not None:
-            t2 = time.perf_counter()
-            figures = robust()
-            record |= figures["summary"]
-            record["robustness"] = figures
-            record["seconds_robustness"] = round(time.perf_counter() - t2, 3)
         episodes.append(record)
-    bar.close()
+    scen = {"contaminated_label": runner.contaminated_label}
 
     summary = {}
     for name in policies:
@@ -392,9 +328,165 @@ def run_benchmark(
 
         log("Table 1 metrics (FID/KID/IS/SSIM with the classifier's features) ...")
         sets = {n: SampleSet(x, y) for n, (x, y) in samples.items()}
-        result["fidelity"] = fidelity_table(sets, base.scenario, classifier, per_class=False, seed=config.eval_seed)
-    env.close()
+        result["fidelity"] = fidelity_table(
+            sets, base.scenario, runner.classifier, per_class=False, seed=config.eval_seed
+        )
+    runner.env.close()
     return result
+
+
+class EpisodeRunner:
+    """One env and one evaluator: runs one policy's episode on a (seed, instance) and evaluates it.
+
+    The runner of :func:`run_benchmark` (and of each of its worker processes).
+    """
+
+    def __init__(self, policies: Mapping[str, Any], config: BenchConfig):
+        import gymnasium as gym
+
+        import unlearn_gym  # noqa: F401  (registers the envs)
+
+        from .metrics.classifier import classifier_dir_for, load_classifier
+        from .models.checkpoint import load_model_config
+
+        self.policies, self.config = policies, config
+        self.env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
+        self.base = base = self.env.unwrapped
+        self.evaluate: Callable[[], Any] | None = None
+        self.classifier = None
+        scenario = getattr(base, "scenario", None)  # SFD-v0 is data-free: no scenario
+        self.num_labels = getattr(scenario, "num_labels", None)
+        self.contaminated_label = getattr(scenario, "contaminated_label", None)
+        if config.samples_per_label > 0:
+            from .assets import bundled_model_dir
+
+            checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+            model_config = load_model_config(checkpoint)
+            self.classifier = load_classifier(
+                classifier_dir_for(checkpoint, model_config, config.classifier), base.device
+            )
+            scen = model_config["scenario"]
+            self.num_labels, self.contaminated_label = scen["num_labels"], scen["contaminated_label"]
+            self._eval_kw = dict(
+                num_labels=scen["num_labels"],
+                contaminated_label=scen["contaminated_label"],
+                contaminant_class=scen["contaminant_class"],
+                samples_per_label=config.samples_per_label,
+                contaminated_label_samples=config.contaminated_label_samples,
+                num_inference_steps=config.ddim_steps,
+                seed=config.eval_seed,
+                scheduler_config=model_config.get("scheduler"),
+                progress=False,
+                sampler=getattr(base, "sampler", None),  # SFD-v0: its one-step generator
+            )
+            self.evaluate = self._evaluate
+
+    def _evaluate(self):
+        from .metrics.forget import erasure_figures, evaluate_model
+
+        ev = evaluate_model(self.base.engine.unet, self.classifier, **self._eval_kw)
+        forget_class = getattr(self.base, "forget_class", None)  # SFD-v0: class erasure figures too
+        if forget_class is not None:
+            ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
+        return ev
+
+    def warnings(self) -> list[str]:
+        """Policies trained on another env or with other settings than this bench's."""
+        out, base = [], self.base
+        for name, policy in self.policies.items():
+            trained_on = getattr(policy, "env_kwargs", None)
+            if trained_on is not None:
+                differ = {
+                    k: (trained_on.get(k), base.config.__dict__.get(k))
+                    for k in ("batch_size", "horizon", "lr", "action_mode", "objective")
+                    if k in trained_on and trained_on.get(k) != base.config.__dict__.get(k)
+                }
+                if differ:
+                    out.append(f"{name} was trained with other env settings (trained, benched): {differ}")
+            if getattr(policy, "env_id", self.config.env_id) != self.config.env_id:
+                out.append(f"{name} was trained on {policy.env_id}, benched on {self.config.env_id}")
+        return out
+
+    def episode(self, name: str, seed: int, instance: int | None) -> tuple[dict, Any]:
+        """One episode of policy ``name`` from ``reset(seed, instance)``; (record, evaluation or None).
+
+        The policy is reset with the episode's seed first, so an episode depends on nothing that ran before.
+        """
+        config, env, policy = self.config, self.env, self.policies[name]
+        if hasattr(policy, "reset"):
+            policy.reset(seed)
+        t0 = time.perf_counter()
+        obs, _ = env.reset(seed=seed, options=None if instance is None else {"instance": instance})
+        lams, rewards, done, info, episode_start = [], [], False, {}, True
+        while not done:
+            action, _ = policy.predict(obs, episode_start=np.array([episode_start]), deterministic=config.deterministic)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            if hasattr(policy, "observe"):
+                policy.observe(obs, action, reward, next_obs, terminated, truncated, info)
+            lams.append(float(info["lam"]))
+            rewards.append(float(reward))
+            obs, done, episode_start = next_obs, terminated or truncated, False
+        t1 = time.perf_counter()
+        record = {
+            "policy": name,
+            "seed": seed,
+            "instance": instance,
+            "return": float(np.sum(rewards)),
+            "length": len(rewards),
+            "diverged": bool(info.get("diverged", False)),
+            "efficacy": float(info.get("efficacy", float("nan"))),
+            "degradation": float(info.get("degradation", float("nan"))),
+            "mean_lambda": float(np.mean(lams)),
+            "lambdas": lams,
+            "rewards": rewards,
+            "seconds_unlearn": round(t1 - t0, 3),
+        }
+        ev = None
+        if self.evaluate is not None:
+            ev = self.evaluate()
+            keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
+            record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
+            record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
+            record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
+        return record, ev
+
+
+_WORKER: EpisodeRunner | None = None
+
+
+def _worker_init(policies: Mapping[str, Any], config: BenchConfig) -> None:
+    import torch
+
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = EpisodeRunner(policies, config)
+
+
+def _worker_episode(unit: tuple[str, int, int | None]) -> tuple[dict, Any]:
+    record, ev = _WORKER.episode(*unit)
+    if ev is not None:  # back to the parent: only what it draws and pools
+        ev = SimpleNamespace(images=ev.images.cpu(), labels=ev.labels.cpu())
+    return record, ev
+
+
+def _run_in_workers(policies, config: BenchConfig, runs: list, bar) -> list[tuple[dict, Any]]:
+    """The episodes of ``runs`` in ``config.workers`` spawned processes; outcomes in the order of ``runs``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(config.workers, len(runs))
+    outcomes: list = [None] * len(runs)
+    context = multiprocessing.get_context("spawn")  # CUDA-safe, and no torch state forked
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=(dict(policies), config)
+    ) as pool:
+        futures = {pool.submit(_worker_episode, unit): k for k, unit in enumerate(runs)}
+        for future in as_completed(futures):
+            outcomes[futures[future]] = future.result()
+            record = outcomes[futures[future]][0]
+            bar.set_postfix_str(f"{record['policy']} seed {record['seed']}")
+            bar.update(1)
+    return outcomes
 
 
 def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) -> tuple[Callable[[], dict], dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -550,6 +551,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- bench ---------------------------------------------------------------------------------------
 
 
+def _bench_workers(workers: int, device: str) -> int:
+    """``--workers``: as given, or 0 = automatic: one process per CPU core (at most 8) on the CPU, 1 on a GPU."""
+    if workers < 0:
+        raise SystemExit(f"error: --workers must be >= 0 (0 = automatic), got {workers}")
+    if workers:
+        return workers
+    return 1 if str(device).startswith("cuda") else max(1, min(os.cpu_count() or 1, 8))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import shlex
 
@@ -591,6 +601,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             metrics=args.metrics,
             classifier=args.classifier,
             reference=None if args.reference.lower() == "none" else args.reference,
+            workers=_bench_workers(args.workers, env_kwargs["device"]),
             robustness=args.robustness,
             robustness_config=_robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.eval_seed)
             if args.robustness
@@ -767,7 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["mixture", "forget-strength", "both"],
         help="the track: policies choose the mixture λ (default) or the forget strength S = λ·max_scale",
     )
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (every policy on the same seeds)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (every policy on the same seeds)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes running episodes side by side (0 = one per CPU core on the CPU, 1 on a GPU)",
+    )
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
     p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
     p.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label at each episode end")
