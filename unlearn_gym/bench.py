@@ -250,9 +250,11 @@ def run_benchmark(
 
     Returns:
         JSON-able dict: ``settings``, ``pretrained`` (evaluation of the model at reset),
-        ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n) and
-        ``warnings``; plus the non-JSON ``_grids`` (before/after sample tensors) that
-        :func:`write_report` draws and drops.
+        ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n; with
+        ``vs_reference``, ``worst_class`` and :func:`aggregate_statistics`' ``iqm``,
+        ``mean_bootstrap`` and ``prob_improvement``), ``warnings`` and, with ``log_path``,
+        ``episode_log`` ({path, resumed_episodes}); plus the non-JSON ``_grids`` (before/after
+        sample tensors) that :func:`write_report` draws and drops.
     """
     import gymnasium as gym
     from tqdm.auto import tqdm
