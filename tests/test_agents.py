@@ -137,3 +137,65 @@ def test_train_command(env_kwargs, tmp_path, capsys):
     assert load_agent(summary["agent"]).env_kwargs["horizon"] == 8
     with pytest.raises(SystemExit, match="must be a JSON object"):
         main(["train", "--algo", "ppo", "--out", str(tmp_path), "--env-kwargs", "[1]"])
+
+
+def test_train_command_killed_mid_run_resumes_to_the_requested_timesteps(env_kwargs, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from unlearn_gym.cli import main
+
+    kwargs = {k: v for k, v in env_kwargs.items() if k != "checkpoint"}
+    argv = ["train", "--algo", "ppo", "--checkpoint", env_kwargs["checkpoint"], "--env-kwargs", json.dumps(kwargs)]
+    argv += ["--timesteps", "192", "--checkpoint-freq", "64", "--hyperparams", json.dumps(TINY_OVERRIDES["ppo"])]
+    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--no-tensorboard", "--sample-every", "0"]
+    argv += ["--threads", "1"]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unlearn_gym.cli", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = tmp_path / "checkpoints" / "ppo_vecnormalize_64_steps.pkl"  # the last file of the 64-step checkpoint
+    t0 = time.monotonic()
+    while not first.is_file():
+        assert proc.poll() is None, f"train ended (rc {proc.returncode}) before it could be killed"
+        assert time.monotonic() - t0 < 300, "timed out waiting for the first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "agent").exists() and not (tmp_path / "train.json").exists()  # killed mid-run
+    (tmp_path / "checkpoints" / "ppo_1000_steps.zip").write_bytes(b"PK\x03\x04 cut")  # as if killed while saving
+
+    assert main([*argv, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping the incomplete checkpoint at 1000 steps: ppo_1000_steps.zip is unreadable" in captured.err
+    summary = json.loads(captured.out)
+    assert summary["timesteps"] == 192 and load_agent(tmp_path).info["timesteps"] == 192
+    assert json.loads((tmp_path / "train.json").read_text())["resumed"] is True
+    assert (tmp_path / "checkpoints" / "ppo_192_steps.zip").is_file()
+
+
+def test_an_sb3_checkpoint_is_complete_only_with_a_readable_zip_and_whole_pickles(tmp_path):
+    import pickle
+    import zipfile
+
+    from unlearn_gym.agents.train import _complete_sb3_checkpoint
+
+    path = tmp_path / "sac_64_steps.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data", "{}")
+    companions = ("replay_buffer", "vecnormalize")
+    assert _complete_sb3_checkpoint(path, 64, "sac", ()) is None
+    assert _complete_sb3_checkpoint(path, 64, "sac", companions) == "sac_replay_buffer_64_steps.pkl is missing"
+    whole = pickle.dumps({"obs": list(range(100))})
+    (tmp_path / "sac_replay_buffer_64_steps.pkl").write_bytes(whole)
+    (tmp_path / "sac_vecnormalize_64_steps.pkl").write_bytes(whole[:-3])  # killed while writing it
+    assert _complete_sb3_checkpoint(path, 64, "sac", companions) == "sac_vecnormalize_64_steps.pkl is truncated"
+    (tmp_path / "sac_vecnormalize_64_steps.pkl").write_bytes(whole)
+    assert _complete_sb3_checkpoint(path, 64, "sac", companions) is None
+    path.write_bytes(path.read_bytes()[:-10])
+    assert "sac_64_steps.zip is unreadable" in _complete_sb3_checkpoint(path, 64, "sac", companions)

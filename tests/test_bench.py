@@ -94,6 +94,8 @@ def test_policy_specs():
         policy_from_spec("greedy")
     with pytest.raises(ValueError, match="not numbers"):
         policy_from_spec("static:half")
+    with pytest.raises(ValueError, match="bootstrap_reps must be >= 1, got 0"):
+        BenchConfig(bootstrap_reps=0)
     # a horizon beyond the registered 100 steps moves the TimeLimit with it
     assert make_kwargs({"horizon": 150, "batch_size": 8}) == {"horizon": 150, "batch_size": 8, "max_episode_steps": 150}
 
@@ -133,25 +135,41 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
 
 
 def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
+    from unlearn_gym.bench_stats import iqm
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
     argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
-    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--workers", "1"]
+    argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--bootstrap-reps", "100"]
+    argv += ["--threads", "1", "--workers", "1"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
     assert set(summary["pretrained"]) == {"forget_rate", "retain_accuracy", "per_label_accuracy"}
     assert summary["pretrained"]["forget_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 samples of label 1
-    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class"}
+    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class", "iqm"}
     assert set(summary["linear:0.9:0.1"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
+    # rliable's aggregates: IQM (of 2 episodes: their mean) and P(improvement over static:0.5), with intervals
+    for name in ("static:0.5", "linear:0.9:0.1"):
+        assert set(summary[name]["iqm"]) == {"return", "forget_rate", "retain_accuracy"}
+        cell = summary[name]["iqm"]["return"]
+        assert set(cell) == {"value", "ci_low", "ci_high"} and cell["ci_low"] <= cell["value"] <= cell["ci_high"]
+        assert cell["value"] == pytest.approx(summary[name]["return"]["mean"])
+    poi = summary["linear:0.9:0.1"]["prob_improvement"]
+    assert set(poi) == {"return", "forget_rate", "retain_accuracy"}
+    assert all(0.0 <= c["ci_low"] <= c["value"] <= c["ci_high"] <= 1.0 for c in poi.values())
     for name in ("static:0.5", "linear:0.9:0.1"):
         row = summary[name]
         assert row["return"]["n"] == 2 and np.isfinite(row["return"]["mean"]) and np.isfinite(row["return"]["ci95"])
-    for name in ("bench.md", "bench.csv", "bench.json", "curves.png", "samples.png"):
+    for name in ("bench.md", "bench.csv", "bench.json", "curves.png", "samples.png", "profile.png", "episodes.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
     full = json.loads((tmp_path / "bench.json").read_text())
+    returns = [e["return"] for e in full["episodes"] if e["policy"] == "static:0.5"]
+    assert full["summary"]["static:0.5"]["iqm"]["return"]["value"] == pytest.approx(float(iqm(np.array(returns))))
+    assert set(full["summary"]["static:0.5"]["mean_bootstrap"]) == {"return", "forget_rate", "retain_accuracy"}
+    assert (tmp_path / "episodes.jsonl").read_text().count("\n") == 1 + 4  # the header and each episode
+    assert "| linear:0.9:0.1 | " in (tmp_path / "bench.md").read_text().split("IQM (mean of the middle 50%")[1]
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
     assert full["pretrained"]["per_label"]["1"]["n"] == 4 and full["pretrained"]["per_label"]["0"]["n"] == 2
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
@@ -216,3 +234,135 @@ def test_workers_give_the_episodes_of_one_process(tiny_checkpoint):
     assert torch.allclose(two["_grids"]["random"], one["_grids"]["random"], atol=1e-4)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         dataclasses.replace(config, workers=0)
+
+
+# -- resumable runs -------------------------------------------------------------------------------
+
+_SLOW_MAIN = (
+    "import sys, time\n"
+    "from unlearn_gym.baselines.policies import StaticLambda\n"
+    "lam = StaticLambda.lam\n"
+    "StaticLambda.lam = lambda self, obs, deterministic=True: (time.sleep(0.1), lam(self, obs, deterministic))[1]\n"
+    "from unlearn_gym.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+"""`unlearn-gym` with static λ slowed down (0.1 s a step; the numbers unchanged), so that a kill lands mid-run."""
+
+
+def _kill_when(proc, ready, timeout=300.0):
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ends first or ``timeout`` passes."""
+    import signal
+    import time
+
+    t0 = time.monotonic()
+    while not ready():
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it could be killed"
+        assert time.monotonic() - t0 < timeout, "timed out waiting for the run"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _subprocess_env():
+    import os
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+
+
+def _episode_lines(path):
+    return path.read_bytes().count(b"\n") - 1 if path.is_file() else 0  # less the header
+
+
+def test_bench_killed_mid_run_resumes_to_the_uninterrupted_report(tiny_checkpoint, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from unlearn_gym.cli import main
+
+    argv = ["bench", "--policies", "static:0.5,random,vi-adaptive", "--checkpoint", str(tiny_checkpoint)]
+    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "3", "--seeds", "3"]
+    argv += ["--samples", "2", "--contaminated-samples", "3", "--ddim-steps", "2", "--device", "cpu"]
+    argv += ["--threads", "1", "--no-progress", "--json", "--bootstrap-reps", "200"]
+    killed = tmp_path / "killed"
+    log = killed / "episodes.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_MAIN, *argv, "--out", str(killed)],
+        env=_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _kill_when(proc, lambda: _episode_lines(log) >= 1)
+    logged = _episode_lines(log)
+    assert 1 <= logged < 9 and not (killed / "bench.json").exists()  # killed mid-run
+    with open(log, "ab") as f:  # as if killed while writing the next line
+        f.write(b'{"policy": "static:0.5", "seed": 2, "instance": nu')
+
+    assert main([*argv, "--resume", str(killed)]) == 0
+    err = capsys.readouterr().err
+    assert f"resume: {logged} of 9 episodes already in {log}" in err and "dropping the half-written last line" in err
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0  # the uninterrupted run
+    capsys.readouterr()
+
+    def episodes(folder):
+        data = json.loads((folder / "bench.json").read_text())
+        return [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in data["episodes"]], data
+
+    (resumed, a), (whole, b) = episodes(killed), episodes(tmp_path / "whole")
+    assert len(resumed) == 9 and resumed == whole
+    assert a["summary"] == b["summary"] and a["pretrained"]["per_label"] == b["pretrained"]["per_label"]
+    assert a["episode_log"]["resumed_episodes"] == logged and b["episode_log"]["resumed_episodes"] == 0
+    # the log now holds every episode once; the report's grids came from the logged samples
+    assert _episode_lines(log) == 9 and (killed / "samples.png").stat().st_size > 0
+    assert (killed / "bench.md").read_text().split("```")[2] == (tmp_path / "whole" / "bench.md").read_text().split(
+        "```"
+    )[2]
+
+
+def test_resume_refuses_other_settings_and_corrupt_logs(tiny_checkpoint, tmp_path):
+    import torch
+
+    from unlearn_gym.bench import read_episode_log
+    from unlearn_gym.cli import main
+
+    torch.set_num_threads(1)
+
+    config = dataclasses.replace(_config(tiny_checkpoint), samples_per_label=0, seeds=(0,))
+    policies = {"static:0.5": policy_from_spec("static:0.5")}
+    log = tmp_path / "episodes.jsonl"
+    first = run_benchmark(policies, config, progress=False, log=None, log_path=log)
+    header, records, valid = read_episode_log(log)
+    assert header["settings"]["seeds"] == [0] and header["episodes"] == 1 and valid == log.stat().st_size
+    assert [r for _, r in records] == first["episodes"]
+    # another horizon, other seeds: refused, naming the settings
+    other = dataclasses.replace(config, seeds=(0, 1), env_kwargs={**config.env_kwargs, "horizon": 4})
+    with pytest.raises(ValueError, match=r"other settings \(env_kwargs.horizon: 3 in the log, 4 now; seeds: \[0\] in"):
+        run_benchmark(policies, other, progress=False, log=None, log_path=log, resume=True)
+    with pytest.raises(ValueError, match=r"policies: \[\"static:0.5\"\] in the log, \[\"random\"\] now"):
+        run_benchmark({"random": policy_from_spec("random")}, config, log=None, log_path=log, resume=True)
+    # the reference and the bootstrap settings shape only the report: they may change
+    again = dataclasses.replace(config, reference=None, bootstrap_reps=10)
+    assert run_benchmark(policies, again, progress=False, log=None, log_path=log, resume=True)["episodes"] == [
+        r for _, r in records
+    ]
+    # a corrupt line before the last is an error naming it; the last one is dropped as half-written
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{not json", lines[1]]) + "\n")
+    with pytest.raises(ValueError, match=r"episodes.jsonl, line 2: corrupt episode log"):
+        read_episode_log(log)
+    messages = []
+    log.write_text("\n".join([lines[0], lines[1], "{not json"]) + "\n")
+    assert len(read_episode_log(log, messages.append)[1]) == 1
+    assert messages == [f"resume: dropping the half-written last line 3 of {log}"]
+    log.write_text(lines[1] + "\n")
+    with pytest.raises(ValueError, match="line 1: not an unlearn-gym bench episode log"):
+        read_episode_log(log)
+    log.write_text("\n".join([lines[0], lines[1], lines[1]]) + "\n")
+    with pytest.raises(ValueError, match=r"line 3: episode \('static:0.5', 0, None\) is logged twice"):
+        run_benchmark(policies, config, log=None, log_path=log, resume=True)
+    with pytest.raises(FileNotFoundError, match="no episode log"):
+        run_benchmark(policies, config, log=None, log_path=tmp_path / "none.jsonl", resume=True)
+    with pytest.raises(SystemExit, match="continues the run in that folder; drop --out"):
+        main(["bench", "--resume", str(tmp_path), "--out", str(tmp_path / "other")])

@@ -196,7 +196,9 @@ def test_evaluate_robustness_on_a_tiny_checkpoint(tmp_path, capsys, tiny_checkpo
     text_argv[text_argv.index("--pretrained") + 1] = "bundled"
     main(text_argv)
     out = capsys.readouterr().out
-    assert "membership inference (loss attack" in out and re.search(r"relearning \(2 steps; pretrained level [01]\.\d{3}\)", out)
+    assert "membership inference (loss attack" in out and re.search(
+        r"relearning \(2 steps; pretrained level [01]\.\d{3}\)", out
+    )
     assert json.loads((tmp_path / "evaluation.json").read_text())["robustness"]["pretrained"].endswith("model")
 
 

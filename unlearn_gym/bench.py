@@ -6,13 +6,24 @@ policy sees the same seeds, so the same batches, probes and initial model. The t
 unnormalised) episode return is recorded, and the unlearned model is evaluated by sampling (forget
 rate, retain accuracy; the Table-1 metrics on request) with one fixed evaluation seed, the same
 noise for every model. Summaries are the mean and the 95% confidence half-width of Student's t
-over the episodes of each policy.
+over the episodes of each policy, paired verdicts against a reference policy, and rliable's
+aggregates (:mod:`unlearn_gym.bench_stats`): IQM and mean with stratified-bootstrap intervals
+(strata: the instances) and the probability of improvement over the reference.
+
+With ``log_path``, every finished episode is appended to a JSON-lines log (``episodes.jsonl``:
+a header line with the settings, then one record per episode, each flushed and fsync'ed), and
+``resume=True`` skips the episodes already logged. That is sound because an episode depends only on
+(policy, seed, instance): the env is reset with the seed, and a policy carries no state from one
+episode into the next beyond what ``reset(seed)`` sets (true of every bundled policy; agents'
+``predict`` is stateless when deterministic).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,19 +41,30 @@ __all__ = [
     "BENCH_ENV_KWARGS",
     "DEFAULT_POLICIES",
     "BenchConfig",
+    "EPISODE_LOG",
     "make_kwargs",
     "confidence_interval",
+    "aggregate_statistics",
     "policy_from_spec",
+    "read_episode_log",
     "run_benchmark",
     "write_report",
     "SUMMARY_METRICS",
 ]
 
+EPISODE_LOG = "episodes.jsonl"
+"""The episode log's file name in a bench output folder (``unlearn-gym bench --resume DIR`` reads it)."""
+
+_LOG_KIND = "unlearn-gym bench episodes"
+_REPORT_ONLY_SETTINGS = ("reference", "bootstrap_reps", "bootstrap_seed", "workers")
+"""BenchConfig fields that shape only the report or how the episodes are run, not an episode: they
+may change on resume."""
+
 BENCH_ENV_KWARGS = {"batch_size": 16, "horizon": 100, "lr": 1.5e-4}
 """The main job's SISS-v0 settings: episodes of T = 100 SISS updates at batch 16 and AdamW lr 1.5e-4
 (λ = 0.5, S = 5), which take the bundled model's label-1 trouser rate from ~0.37 to ~0 with retain
-accuracy unchanged (the measured curve: ``docs/results.md`` §2), and fit 4 policies × 5 seeds into
-10 minutes on a 2-core CPU. The bundled PPO agent was trained at these settings."""
+accuracy unchanged (the measured curve: ``docs/results.md`` §2), and fit 4 policies × 10 seeds into
+10 minutes on a 2-core CPU with 2 workers. The bundled PPO agent was trained at these settings."""
 
 DEFAULT_POLICIES = ("static:0.5", "vi-adaptive", "random", "ppo")
 """The main job's policies: SISS's fixed λ, Algorithm 2, uniform random λ, the bundled PPO agent."""
@@ -173,6 +195,11 @@ class BenchConfig:
     """Also attack every unlearned model (membership inference, relearning; slow: off by default)."""
     robustness_config: RobustnessConfig | None = None
     """Settings of those attacks (None: :class:`~unlearn_gym.metrics.robustness.RobustnessConfig` defaults)."""
+    bootstrap_reps: int = 2000
+    """Resamples of the stratified bootstraps (IQM, mean and probability-of-improvement intervals,
+    performance-profile bands)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap's generator (each statistic starts from it afresh)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -189,6 +216,8 @@ class BenchConfig:
             raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
         if self.metrics not in ("basic", "full"):
             raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
+        if self.bootstrap_reps < 1:
+            raise ValueError(f"bootstrap_reps must be >= 1, got {self.bootstrap_reps}")
 
 
 def make_kwargs(env_kwargs: Mapping[str, Any]) -> dict:
@@ -210,6 +239,8 @@ def run_benchmark(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = _log,
+    log_path: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run every policy on every (seed, instance) and evaluate each unlearned model.
 
@@ -217,17 +248,30 @@ def run_benchmark(
         policies: name → policy with ``predict(obs, state, episode_start, deterministic)``; the
             runner also calls ``reset(seed)`` and ``observe(...)`` where a policy has them.
         config: env, seeds, instances and evaluation settings.
+        log_path: the episode log (:data:`EPISODE_LOG` in the output folder): a header line with
+            the settings, then each finished episode as one JSON line, flushed and fsync'ed. The
+            sample grids (and, with ``metrics="full"``, the evaluation samples) an episode
+            contributes go to ``episode_samples/`` beside it. None: no log.
+        resume: continue the log at ``log_path``: its episodes are taken as they are and only the
+            missing ones run, so the result equals an uninterrupted run's. A half-written last line
+            is dropped; the log must have been written with the same settings and policies
+            (``reference`` and the bootstrap settings may differ).
 
     Returns:
         JSON-able dict: ``settings``, ``pretrained`` (evaluation of the model at reset),
-        ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n) and
-        ``warnings``; plus the non-JSON ``_grids`` (before/after sample tensors) that
-        :func:`write_report` draws and drops.
+        ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n; with
+        ``vs_reference``, ``worst_class`` and :func:`aggregate_statistics`' ``iqm``,
+        ``mean_bootstrap`` and ``prob_improvement``), ``warnings`` and, with ``log_path``,
+        ``episode_log`` ({path, resumed_episodes}); plus the non-JSON ``_grids`` (before/after
+        sample tensors) that :func:`write_report` draws and drops.
     """
-    import torch
     from tqdm.auto import tqdm
 
     log = log or (lambda _msg: None)
+    runs = [(n, s, i) for n in policies for s in config.seeds for i in config.instances]
+    episode_log = None
+    if log_path is not None:  # first: a resume with other settings fails before any work
+        episode_log = _EpisodeLog(Path(log_path), _log_settings(config, list(policies)), runs, resume, log)
     runner = EpisodeRunner(policies, config)
     base, evaluate = runner.base, runner.evaluate
     warnings = runner.warnings()
@@ -253,13 +297,50 @@ def run_benchmark(
     if config.robustness:
         robust, pretrained_robustness = _robustness_runner(base, config, log)
 
-    runs = [(n, s, i) for n in policies for s in config.seeds for i in config.instances]
+    # each policy's grid comes from its first run, and the Table-1 pools are concatenated in the
+    # order of the runs: the same report for any number of workers and after a resume
+    first_run = {name: runs.index(next(r for r in runs if r[0] == name)) for name in policies}
+    records: list[dict | None] = [None] * len(runs)
+    pooled: dict[int, tuple] = {}
     bar = tqdm(total=len(runs), desc="bench", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    if config.workers > 1 and robust is None and len(runs) > 1:
-        outcomes = _run_in_workers(policies, config, runs, bar)
+    pending = []
+    for index, run in enumerate(runs):
+        done = episode_log.done.get(run) if episode_log is not None else None
+        if done is None:
+            pending.append(index)
+            continue
+        if evaluate is not None and (index == first_run[run[0]] or config.metrics == "full"):
+            arrays = episode_log.load_arrays(index)  # what the interrupted run's episode contributed
+            if index == first_run[run[0]]:
+                grids[run[0]] = arrays["grid"]
+            if config.metrics == "full":
+                pooled[index] = (arrays["images"].to(base.device), arrays["labels"].to(base.device))
+        records[index] = done
+        bar.update(1)
+
+    def finish(index: int, record: dict, ev) -> None:
+        """Keep one episode's outcome (in this process, as it arrives) and log it."""
+        name, arrays = record["policy"], {}
+        if ev is not None:
+            if index == first_run[name]:
+                grids[name] = arrays["grid"] = _grid_images(ev, runner.num_labels, config)
+            if config.metrics == "full":
+                pooled[index] = (ev.images.to(base.device), ev.labels.to(base.device))
+                arrays |= {"images": ev.images, "labels": ev.labels}
+        if episode_log is not None:
+            if arrays:
+                episode_log.save_arrays(index, arrays)
+            episode_log.append(record)
+        records[index] = record
+        bar.set_postfix_str(f"{name} seed {record['seed']}")
+        bar.update(1)
+
+    if config.workers > 1 and robust is None and len(pending) > 1:
+        for index, (record, ev) in _run_in_workers(policies, config, runs, pending):
+            finish(index, record, ev)
     else:
-        outcomes = []
-        for name, seed, instance in runs:
+        for index in pending:
+            name, seed, instance = runs[index]
             bar.set_postfix_str(f"{name} seed {seed}")
             record, ev = runner.episode(name, seed, instance)
             if robust is not None:
@@ -268,22 +349,11 @@ def run_benchmark(
                 record |= figures["summary"]
                 record["robustness"] = figures
                 record["seconds_robustness"] = round(time.perf_counter() - t2, 3)
-            outcomes.append((record, ev))
-            bar.update(1)
+            finish(index, record, ev)
     bar.close()
-    episodes = []
-    for record, ev in outcomes:
-        name = record["policy"]
-        if ev is not None:
-            if name not in grids:
-                grids[name] = _grid_images(ev, runner.num_labels, config)
-            if config.metrics == "full":
-                imgs, labels = samples.get(name, (None, None))
-                samples[name] = (
-                    ev.images if imgs is None else torch.cat([imgs, ev.images]),
-                    ev.labels if labels is None else torch.cat([labels, ev.labels]),
-                )
-        episodes.append(record)
+    episodes: list[dict] = records  # type: ignore[assignment]  (every run is filled in)
+    for index in sorted(pooled):
+        _pool_samples(samples, runs[index][0], *pooled[index])
     scen = {"contaminated_label": runner.contaminated_label}
 
     summary = {}
@@ -307,6 +377,8 @@ def run_benchmark(
     verdicts = compare_with_reference(episodes, list(policies), config.reference)
     for name, verdict in verdicts.items():
         summary[name]["vs_reference"] = verdict
+    for name, stats in aggregate_statistics(episodes, list(policies), config).items():
+        summary[name] |= stats
 
     result = {
         "settings": {
@@ -323,6 +395,8 @@ def run_benchmark(
     }
     if pretrained_robustness is not None:
         result["pretrained_robustness"] = pretrained_robustness
+    if episode_log is not None:
+        result["episode_log"] = {"path": str(episode_log.path), "resumed_episodes": len(episode_log.done)}
     if config.metrics == "full" and evaluate is not None:
         from .metrics.table import SampleSet, fidelity_table
 
@@ -469,24 +543,22 @@ def _worker_episode(unit: tuple[str, int, int | None]) -> tuple[dict, Any]:
     return record, ev
 
 
-def _run_in_workers(policies, config: BenchConfig, runs: list, bar) -> list[tuple[dict, Any]]:
-    """The episodes of ``runs`` in ``config.workers`` spawned processes; outcomes in the order of ``runs``."""
+def _run_in_workers(policies, config: BenchConfig, runs: list, indices: list[int]):
+    """Run ``runs[k]`` for k in ``indices`` in ``config.workers`` spawned processes; yields
+    (k, (record, evaluation)) as each episode finishes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    workers = min(config.workers, len(runs))
-    outcomes: list = [None] * len(runs)
     context = multiprocessing.get_context("spawn")  # CUDA-safe, and no torch state forked
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(dict(policies), config)
+        min(config.workers, len(indices)),
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(dict(policies), config),
     ) as pool:
-        futures = {pool.submit(_worker_episode, unit): k for k, unit in enumerate(runs)}
+        futures = {pool.submit(_worker_episode, runs[k]): k for k in indices}
         for future in as_completed(futures):
-            outcomes[futures[future]] = future.result()
-            record = outcomes[futures[future]][0]
-            bar.set_postfix_str(f"{record['policy']} seed {record['seed']}")
-            bar.update(1)
-    return outcomes
+            yield futures[future], future.result()
 
 
 def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) -> tuple[Callable[[], dict], dict]:
@@ -540,6 +612,163 @@ def _grid_images(evaluation, num_labels: int, config: BenchConfig):
     return torch.stack([imgs[labels == y][:k] for y in range(num_labels)])
 
 
+def _pool_samples(samples: dict, name: str, images, labels) -> None:
+    """Append one episode's evaluation samples to the policy's pool (the Table-1 metrics)."""
+    import torch
+
+    imgs, labs = samples.get(name, (None, None))
+    samples[name] = (
+        images if imgs is None else torch.cat([imgs, images]),
+        labels if labs is None else torch.cat([labs, labels]),
+    )
+
+
+# -- the episode log (resumable runs) -------------------------------------------------------------
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def _log_settings(config: BenchConfig, names: list[str]) -> dict:
+    """What determines the episodes, as JSON values: the config less the report-only fields, and
+    the policies' names in order."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _REPORT_ONLY_SETTINGS}
+    settings["policies"] = list(names)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _setting_differences(logged: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: A in the log, B now' for every setting that differs (one level into dicts)."""
+    out = []
+    for key in sorted(set(logged) | set(now), key=str):
+        a, b = logged.get(key, "<unset>"), now.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            out += _setting_differences(a, b, f"{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} in the log, {json.dumps(b)} now")
+    return out
+
+
+def read_episode_log(
+    path: str | Path, log: Callable[[str], None] | None = None
+) -> tuple[dict, list[tuple[int, dict]], int]:
+    """Read an episode log: (header, [(line number, record)], bytes of its valid part).
+
+    A last line that lacks its newline or is not valid JSON was being written when the run died:
+    it is dropped (reported through ``log``) and the valid part ends before it. Any other line that
+    is not a JSON object is an error naming its line number.
+
+    Raises:
+        ValueError: a corrupt line before the last, or no header line.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last complete line
+    header, records, valid = None, [], 0
+    for lineno, raw in enumerate(lines, start=1):
+        last = lineno == len(lines)
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        except ValueError as e:
+            if last:
+                (log or (lambda _m: None))(f"resume: dropping the half-written last line {lineno} of {path}")
+                break
+            raise ValueError(
+                f"{path}, line {lineno}: corrupt episode log ({e}); remove that line or start afresh"
+            ) from None
+        if last and not data.endswith(b"\n"):
+            (log or (lambda _m: None))(f"resume: dropping the half-written last line {lineno} of {path} (no newline)")
+            break
+        if lineno == 1:
+            if obj.get("kind") != _LOG_KIND:
+                raise ValueError(f"{path}, line 1: not an unlearn-gym bench episode log (expected a header line)")
+            header = obj
+        else:
+            records.append((lineno, obj))
+        valid += len(raw) + 1
+    if header is None:
+        raise ValueError(f"{path}: no header line; start afresh without --resume")
+    return header, records, valid
+
+
+class _EpisodeLog:
+    """The runner's side of the episode log: the episodes already done, appending, the samples."""
+
+    def __init__(self, path: Path, settings: dict, runs: list[tuple], resume: bool, log: Callable[[str], None]) -> None:
+        self.path = path
+        self.samples_dir = path.parent / "episode_samples"
+        self.done: dict[tuple, dict] = {}
+        if resume:
+            if not path.is_file():
+                raise FileNotFoundError(f"resume: no episode log {path}; run without --resume first")
+            header, records, valid = read_episode_log(path, log)
+            differ = _setting_differences(header["settings"], settings)
+            if differ:
+                raise ValueError(
+                    f"resume: {path} was written with other settings ({'; '.join(differ)}); "
+                    "resume with the options of that run, or write into another folder"
+                )
+            planned = set(runs)
+            for lineno, record in records:
+                key = (record.get("policy"), record.get("seed"), record.get("instance"))
+                if key not in planned or key in self.done:
+                    why = "logged twice" if key in self.done else "not one of this run's episodes"
+                    raise ValueError(f"{path}, line {lineno}: episode {key} is {why}")
+                self.done[key] = record
+            os.truncate(path, valid)
+            log(f"resume: {len(self.done)} of {len(runs)} episodes already in {path}")
+        else:
+            if path.is_file():
+                log(f"replacing the episode log {path} (to continue it instead: --resume {path.parent})")
+            if self.samples_dir.is_dir():
+                import shutil
+
+                shutil.rmtree(self.samples_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            header = {"kind": _LOG_KIND, "version": 1, "settings": settings, "episodes": len(runs)}
+            with open(path, "wb") as f:
+                self._write(f, header)
+
+    @staticmethod
+    def _write(f, obj: dict) -> None:
+        f.write((json.dumps(obj, default=_json_default) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+    def append(self, record: dict) -> None:
+        """One finished episode, as one JSON line, flushed and fsync'ed."""
+        with open(self.path, "ab") as f:
+            self._write(f, record)
+
+    def _arrays_path(self, index: int) -> Path:
+        return self.samples_dir / f"{index:06d}.safetensors"
+
+    def save_arrays(self, index: int, arrays: dict) -> None:
+        """The tensors the ``index``-th episode contributes to the report (before its line is logged)."""
+        from .models.checkpoint import save_tensors_atomic
+
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(arrays, self._arrays_path(index))
+
+    def load_arrays(self, index: int) -> dict:
+        """The tensors :meth:`save_arrays` wrote for the ``index``-th episode, on the CPU."""
+        from .models.checkpoint import load_tensors
+
+        path = self._arrays_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: {path} is missing (the samples of a logged episode); start afresh")
+        return load_tensors(path)[0]
+
+
 # -- comparisons ----------------------------------------------------------------------------------
 
 VERDICT_METRICS = {"return": +1, "forget_rate": -1, "retain_accuracy": +1}
@@ -588,6 +817,52 @@ def compare_with_reference(episodes: list[dict], names: list[str], reference: st
                 continue
             diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
             out[name][metric] = {"diff": diff, "ci95": half, "verdict": verdict(diff, half, sign > 0)}
+    return out
+
+
+def aggregate_statistics(episodes: list[dict], names: list[str], config: BenchConfig) -> dict[str, dict]:
+    """rliable's aggregates per policy, for each metric of :data:`VERDICT_METRICS` the episodes have.
+
+    Returns:
+        policy → {"iqm": {metric: interval}, "mean_bootstrap": {metric: interval},
+        "prob_improvement": {metric: interval}}, each interval ``{value, ci_low, ci_high}`` at 95%
+        from ``config.bootstrap_reps`` stratified-bootstrap resamples (strata: the instances);
+        ``prob_improvement`` = P(policy better than ``config.reference``) (forget rate: lower is
+        better), only for the other policies and only when the reference was benchmarked.
+    """
+    from .bench_stats import interval_estimate as estimate
+    from .bench_stats import iqm, mean, probability_of_improvement_interval
+
+    def strata(name: str, metric: str) -> list[list[float]]:
+        rows = [e for e in episodes if e["policy"] == name]
+        return [
+            [e[metric] for e in rows if e["instance"] == i and e.get(metric) is not None and np.isfinite(e[metric])]
+            for i in config.instances
+        ]
+
+    def rng() -> np.random.Generator:  # afresh for every statistic: independent of the order of policies
+        return np.random.default_rng(config.bootstrap_seed)
+
+    kw = dict(reps=config.bootstrap_reps, confidence=0.95)
+    has_reference = config.reference is not None and config.reference in names
+    out = {}
+    for name in names:
+        metrics = [m for m in VERDICT_METRICS if any(m in e for e in episodes if e["policy"] == name)]
+        out[name] = {
+            "iqm": {m: estimate(strata(name, m), iqm, rng=rng(), **kw).as_dict() for m in metrics},
+            "mean_bootstrap": {m: estimate(strata(name, m), mean, rng=rng(), **kw).as_dict() for m in metrics},
+        }
+        if has_reference and name != config.reference:
+            out[name]["prob_improvement"] = {
+                m: probability_of_improvement_interval(
+                    strata(name, m),
+                    strata(config.reference, m),
+                    higher_is_better=VERDICT_METRICS[m] > 0,
+                    rng=rng(),
+                    **kw,
+                ).as_dict()
+                for m in metrics
+            }
     return out
 
 
@@ -666,6 +941,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         for n, v in verdicts.items():
             parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
             lines.append(f"- {n}: " + "; ".join(parts))
+    if any(row.get("iqm") for row in result["summary"].values()):
+        lines += ["", _aggregates_markdown(result)]
     for w in result.get("warnings", []):
         lines += ["", f"Warning: {w}"]
     if "pretrained_robustness" in result:
@@ -680,6 +957,36 @@ def to_markdown(result: dict, command: str | None = None) -> str:
             fidelity_markdown(result["fidelity"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _interval(cell: dict | None, digits: int = 3) -> str:
+    if not cell or cell.get("value") is None or not np.isfinite(cell["value"]):
+        return "–"
+    return f"{cell['value']:.{digits}f} [{cell['ci_low']:.{digits}f}, {cell['ci_high']:.{digits}f}]"
+
+
+def _aggregates_markdown(result: dict) -> str:
+    """The rliable table: IQM and P(improvement over the reference), each with its 95% interval."""
+    s, summary = result["settings"], result["summary"]
+    metrics = [m for m in VERDICT_METRICS if any(m in row.get("iqm", {}) for row in summary.values())]
+    better = {m: "higher" if VERDICT_METRICS[m] > 0 else "lower" for m in metrics}
+    strata = "the instances" if len(s["instances"]) > 1 else "one stratum: the plain bootstrap"
+    lines = [
+        f"IQM (mean of the middle 50% of the episodes) and P(improvement) = P(policy's episode better than "
+        f"{s.get('reference')}'s) (Mann–Whitney U/(n·m), ties 1/2, averaged over the instances; better = "
+        + ", ".join(f"{m} {b}" for m, b in better.items())
+        + f"); [95% interval] from {s.get('bootstrap_reps', 2000)} stratified-bootstrap resamples (strata: {strata}).",
+        "",
+        "| policy | " + " | ".join(f"{m} IQM" for m in metrics) + " | "
+        + " | ".join(f"P({m} {better[m]})" for m in metrics) + " |",
+        "|---|" + "---|" * (2 * len(metrics)),
+    ]  # fmt: skip
+    for name, row in summary.items():
+        iqm_cells = [_interval(row.get("iqm", {}).get(m), 4 if m == "return" else 3) for m in metrics]
+        poi = row.get("prob_improvement", {})
+        poi_cells = [_interval(poi.get(m), 2) if poi else "(reference)" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(iqm_cells + poi_cells) + " |")
+    return "\n".join(lines)
 
 
 def _robustness_markdown(result: dict) -> str:
@@ -721,8 +1028,9 @@ def _robustness_markdown(result: dict) -> str:
 
 def json_summary(result: dict) -> dict:
     """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} →
-    {mean, ci95, n}, with ``vs_reference`` (metric → verdict) and ``worst_class`` where computed; and
-    ``pretrained`` → {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset."""
+    {mean, ci95, n}, with ``vs_reference`` (metric → verdict), ``worst_class``, ``iqm`` and
+    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed; and ``pretrained`` →
+    {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset."""
     out = {}
     pre = result.get("pretrained")
     if pre:
@@ -741,6 +1049,9 @@ def json_summary(result: dict) -> dict:
             out[name]["vs_reference"] = {m: c["verdict"] for m, c in row["vs_reference"].items()}
         if row.get("worst_class"):
             out[name]["worst_class"] = row["worst_class"]
+        for key in ("iqm", "prob_improvement"):
+            if row.get(key):
+                out[name][key] = {m: {k: _finite(v) for k, v in c.items()} for m, c in row[key].items()}
         out[name] |= {
             k: {"mean": _finite(v["mean"]), "ci95": _finite(v["ci95"]), "n": v["n"]}
             for k, v in row.get("robustness", {}).items()
@@ -753,7 +1064,8 @@ def _finite(x: float) -> float | None:
 
 
 def write_report(result: dict, out: str | Path, command: str | None = None) -> dict[str, Path]:
-    """bench.md, bench.csv (one row per episode), bench.json and the PNG plots, into ``out``."""
+    """bench.md, bench.csv (one row per episode), bench.json and the PNG plots (curves.png,
+    profile.png, samples.png), into ``out``."""
     from .models.checkpoint import write_json_atomic
 
     out = Path(out)
@@ -794,6 +1106,50 @@ def _jsonable(x):
     return x
 
 
+def _profile_plot(result: dict, out: Path, plt) -> dict[str, Path]:
+    """profile.png: the performance profile of every policy per metric, with 95% bootstrap bands."""
+    from .bench_stats import performance_profile
+
+    s, episodes, names = result["settings"], result["episodes"], list(result["summary"])
+    metrics = [m for m in VERDICT_METRICS if any(m in e and e[m] is not None for e in episodes)]
+    instances = s["instances"]
+    reps = min(int(s.get("bootstrap_reps", 2000)), 1000)  # bands only: 1000 resamples are plenty
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        higher = VERDICT_METRICS[metric] > 0
+        values = np.array([e[metric] for e in episodes if e.get(metric) is not None], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        if metric != "return":  # rates: the whole of [0, 1]
+            lo, hi = min(lo, 0.0), max(hi, 1.0)
+        pad = 0.03 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+        taus = np.linspace(lo - pad, hi + pad, 401)
+        for k, name in enumerate(names):
+            rows = [e for e in episodes if e["policy"] == name]
+            strata = [
+                [e[metric] for e in rows if e["instance"] == i and e.get(metric) is not None and np.isfinite(e[metric])]
+                for i in instances
+            ]
+            profile, low, high = performance_profile(
+                strata, taus, higher_is_better=higher, reps=reps, rng=s.get("bootstrap_seed", 0)
+            )
+            ax.plot(taus, profile, color=f"C{k}", lw=1.8, label=name, drawstyle="steps-post")
+            ax.fill_between(taus, low, high, color=f"C{k}", alpha=0.15, step="post")
+        ax.set(
+            xlabel="τ",
+            ylabel="fraction of episodes",
+            title=f"{metric} {'>' if higher else '<'} τ ({'higher' if higher else 'lower'} is better)",
+            ylim=(-0.02, 1.02),
+        )
+        ax.legend(fontsize=7)
+    fig.suptitle("performance profiles (95% stratified-bootstrap bands)", fontsize=9)
+    fig.tight_layout()
+    path = out / "profile.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"profile": path}
+
+
 def _plots(result: dict, grids: dict, out: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -825,6 +1181,7 @@ def _plots(result: dict, grids: dict, out: Path) -> dict[str, Path]:
     paths["curves"] = out / "curves.png"
     fig.savefig(paths["curves"], dpi=120)
     plt.close(fig)
+    paths |= _profile_plot(result, out, plt)
     if grids:
         panels = list(grids)
         fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 4.2), squeeze=False)

@@ -561,10 +561,12 @@ def _bench_workers(workers: int, device: str) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark, logging every episode to OUT/episodes.jsonl, and write the report into OUT."""
     import shlex
 
     from .bench import (
         BENCH_ENV_KWARGS,
+        EPISODE_LOG,
         BenchConfig,
         json_summary,
         policy_from_spec,
@@ -574,6 +576,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
     _set_threads(args.threads)
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise SystemExit(f"error: --resume {args.resume} continues the run in that folder; drop --out {args.out}")
+    out = args.resume or args.out or "runs/bench"
     env_kwargs = {**BENCH_ENV_KWARGS, **_json_arg(args.env_kwargs, "--env-kwargs")}
     for key in ("horizon", "batch_size", "lr", "action_mode"):
         if getattr(args, key) is not None:
@@ -606,14 +611,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             robustness_config=_robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.eval_seed)
             if args.robustness
             else None,
+            bootstrap_reps=args.bootstrap_reps,
         )
         t0 = time.perf_counter()
-        result = run_benchmark(policies, config, progress=not args.no_progress)
+        log_path = Path(out) / EPISODE_LOG
+        result = run_benchmark(
+            policies, config, progress=not args.no_progress, log_path=log_path, resume=bool(args.resume)
+        )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     result["seconds"] = round(time.perf_counter() - t0, 1)
     command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
-    paths = write_report(result, args.out, command)
+    paths = write_report(result, out, command)
     print(f"bench: {result['seconds']:.0f} s; report in {paths['markdown']}", file=sys.stderr)
     if args.json:
         print(json.dumps(json_summary(result)))
@@ -804,7 +813,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
     p.add_argument("--classifier", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/bench", help="folder for bench.md, bench.csv, bench.json and the plots")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for episodes.jsonl, bench.md, bench.csv, bench.json and the plots (default: runs/bench)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR (its episodes.jsonl): pass that run's options; logged episodes are "
+        "skipped and the report is the uninterrupted run's",
+    )
+    p.add_argument(
+        "--bootstrap-reps", type=int, default=2000, help="resamples of the stratified bootstrap (IQM, P(improvement))"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by policy on stdout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -827,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COUNT_OPTIONS = ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats", "timesteps", "seeds")
 _COUNT_OPTIONS += ("mia_samples", "mia_bootstrap", "relearn_steps", "relearn_every", "relearn_batch_size")
-_COUNT_OPTIONS += ("relearn_forget_images", "relearn_forget_per_batch", "relearn_samples")
+_COUNT_OPTIONS += ("relearn_forget_images", "relearn_forget_per_batch", "relearn_samples", "bootstrap_reps")
 """Options that must be >= 1 where a command has them."""
 
 

@@ -10,14 +10,19 @@ What ``train_agent`` writes into ``out``::
     tb/                    TensorBoard logs: λ, losses, reward terms, episode metrics, sample grids
     train.json             the settings, hyperparameters, timesteps and wall time
 
-Resuming (``resume=True``) continues from the newest checkpoint in ``out/checkpoints``. SB3's
-zip and VecNormalize's pickle are unpickled then: resume only from directories your own runs wrote.
+Resuming (``resume=True``) continues from the newest complete checkpoint in ``out/checkpoints``
+up to ``total_timesteps`` in all (a run killed while SB3 wrote a checkpoint leaves that one
+incomplete; it is skipped). SB3's zip and VecNormalize's pickle are unpickled then: resume only
+from directories your own runs wrote.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +83,57 @@ def make_training_env(
     )
 
 
-def _latest_checkpoint(directory: Path, prefix: str, suffix: str) -> tuple[Path, int] | None:
-    best = None
+def _checkpoints(directory: Path, prefix: str, suffix: str) -> list[tuple[Path, int]]:
+    """(path, steps) of every ``{prefix}_{steps}_steps{suffix}`` in ``directory``, newest first."""
+    found = []
     for p in directory.glob(f"{prefix}_*_steps{suffix}"):
         m = re.fullmatch(rf"{re.escape(prefix)}_(\d+)_steps{re.escape(suffix)}", p.name)
-        if m and (best is None or int(m.group(1)) > best[1]):
-            best = (p, int(m.group(1)))
-    return best
+        if m:
+            found.append((p, int(m.group(1))))
+    return sorted(found, key=lambda c: -c[1])
+
+
+def _latest_checkpoint(directory: Path, prefix: str, suffix: str) -> tuple[Path, int] | None:
+    found = _checkpoints(directory, prefix, suffix)
+    return found[0] if found else None
+
+
+def _complete_sb3_checkpoint(path: Path, steps: int, algo: str, companions: tuple[str, ...]) -> str | None:
+    """Why the SB3 checkpoint ``path`` (``{algo}_{steps}_steps.zip``) cannot be resumed from, or None.
+
+    CheckpointCallback writes the zip, then the replay buffer, then the VecNormalize statistics,
+    none atomically: the zip must be a readable archive and each companion
+    ``{algo}_{name}_{steps}_steps.pkl`` must exist and end with pickle's STOP opcode (checked
+    without unpickling).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is not None:
+                return f"{path.name} is corrupt"
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{path.name} is unreadable ({e})"
+    for name in companions:
+        pkl = path.with_name(f"{algo}_{name}_{steps}_steps.pkl")
+        if not pkl.is_file():
+            return f"{pkl.name} is missing"
+        with open(pkl, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return f"{pkl.name} is empty"
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b".":  # every pickle ends with the STOP opcode
+                return f"{pkl.name} is truncated"
+    return None
+
+
+def _latest_complete_sb3_checkpoint(directory: Path, algo: str, companions: tuple[str, ...]) -> tuple[Path, int] | None:
+    """The newest checkpoint that :func:`_complete_sb3_checkpoint` accepts (skipped ones are reported)."""
+    for path, steps in _checkpoints(directory, algo, ".zip"):
+        why = _complete_sb3_checkpoint(path, steps, algo, companions)
+        if why is None:
+            return path, steps
+        print(f"resume: skipping the incomplete checkpoint at {steps} steps: {why}", file=sys.stderr, flush=True)
+    return None
 
 
 def _action_noise(noise_type: str | None, noise_std: float, action_dim: int):
@@ -174,6 +223,7 @@ def _train_sb3(
     checkpoint_freq, resume, sample_every, vec_env, verbose,
 ) -> int:  # fmt: skip
     from stable_baselines3.common.callbacks import CheckpointCallback
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.vec_env import VecNormalize
 
     from .callbacks import UnlearningLogCallback
@@ -191,10 +241,12 @@ def _train_sb3(
 
     venv = make_training_env(env_id, env_kwargs, n_envs, seed, sample_every, vec_env)
     ckpt_dir = out / "checkpoints"
-    latest = _latest_checkpoint(ckpt_dir, algo, ".zip") if resume else None
+    off_policy = issubclass(cls, OffPolicyAlgorithm)  # CheckpointCallback saves its replay buffer too
+    companions = (("replay_buffer",) if off_policy else ()) + (("vecnormalize",) if normalize else ())
+    latest = _latest_complete_sb3_checkpoint(ckpt_dir, algo, companions) if resume else None
     if resume and latest is None:
         raise FileNotFoundError(
-            f"resume: no checkpoint {algo}_<N>_steps.zip in {ckpt_dir}; train without --resume first"
+            f"resume: no checkpoint {algo}_<N>_steps.zip (complete) in {ckpt_dir}; train without --resume first"
         )
     tb = str(out / "tb") if tensorboard else None
     if latest is not None:
