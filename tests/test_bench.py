@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unlearn_gym.bench import (
+    FIDELITY_METRICS,
     BenchConfig,
     compare_with_reference,
     confidence_interval,
@@ -43,6 +44,10 @@ def test_paired_difference_and_verdicts_match_hand_computed_cases():
     assert verdict(mean, half, higher_is_better=False) == "worse"
     assert verdict(-mean, half, higher_is_better=False) == "better"
     assert verdict(float("nan"), half, higher_is_better=True) == "indistinguishable"
+    # a metric with no better direction (IS in Table 1): the side of the difference
+    assert verdict(mean, half, higher_is_better=None) == "higher"
+    assert verdict(-mean, half, higher_is_better=None) == "lower"
+    assert verdict(0.1, half, higher_is_better=None) == "indistinguishable"
     with pytest.raises(ValueError, match="expected equal lengths"):
         paired_difference([1.0], [1.0, 2.0])
 
@@ -148,7 +153,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
     assert set(summary["pretrained"]) == {"forget_rate", "retain_accuracy", "per_label_accuracy"}
     assert summary["pretrained"]["forget_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 samples of label 1
-    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class", "iqm"}
+    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class", "iqm", "fidelity"}
     assert set(summary["linear:0.9:0.1"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
     # rliable's aggregates: IQM (of 2 episodes: their mean) and P(improvement over static:0.5), with intervals
     for name in ("static:0.5", "linear:0.9:0.1"):
@@ -177,7 +182,21 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert "- linear:0.9:0.1: return " in (tmp_path / "bench.md").read_text()  # the verdict line
     # --metrics full: Table 1 over each policy's pooled samples, and the pretrained model
     assert set(full["fidelity"]["models"]) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
+    assert set(full["fidelity"]["models"]["static:0.5"]["per_class"]) == {str(y) for y in range(10)}  # Appendix B
     assert "Table 1" in (tmp_path / "bench.md").read_text()
+    # ... and Table 1 of each episode's own samples: mean ± CI over the seeds, verdicts against static
+    rows = full["fidelity_episodes"]
+    assert [(r["policy"], r["seed"]) for r in rows] == [(e["policy"], e["seed"]) for e in full["episodes"]]
+    for name in ("static:0.5", "linear:0.9:0.1"):
+        mine = [r for r in rows if r["policy"] == name]
+        for metric in ("forget_fid", "retain_fid", "retain_ssim"):
+            cell = summary[name]["fidelity"][metric]
+            assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean([r[metric] for r in mine]))
+    assert set(summary["linear:0.9:0.1"]["fidelity_vs_reference"]) == set(FIDELITY_METRICS)
+    ref = {r["seed"]: r for r in rows if r["policy"] == "static:0.5"}
+    diff = np.mean([r["retain_fid"] - ref[r["seed"]]["retain_fid"] for r in rows if r["policy"] != "static:0.5"])
+    assert full["summary"]["linear:0.9:0.1"]["fidelity_vs_reference"]["retain_fid"]["diff"] == pytest.approx(diff)
+    assert "### Table 1 per episode" in (tmp_path / "bench.md").read_text()
 
 
 def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):

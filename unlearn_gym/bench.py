@@ -402,11 +402,51 @@ def run_benchmark(
 
         log("Table 1 metrics (FID/KID/IS/SSIM with the classifier's features) ...")
         sets = {n: SampleSet(x, y) for n, (x, y) in samples.items()}
-        result["fidelity"] = fidelity_table(
-            sets, base.scenario, runner.classifier, per_class=False, seed=config.eval_seed
-        )
+        result["fidelity"] = fidelity_table(sets, base.scenario, runner.classifier, seed=config.eval_seed)
+        rows = fidelity_by_episode(pooled, runs, base.scenario, runner.classifier, seed=config.eval_seed)
+        result["fidelity_episodes"] = rows
+        verdicts = compare_with_reference(rows, list(policies), config.reference, FIDELITY_METRICS)
+        for name in policies:
+            mine = [r for r in rows if r["policy"] == name]
+            cells = {
+                m: dict(zip(("mean", "ci95"), confidence_interval([r[m] for r in mine]))) for m in FIDELITY_METRICS
+            }
+            summary[name]["fidelity"] = {m: c | {"n": len(mine)} for m, c in cells.items()}
+            if name in verdicts:
+                summary[name]["fidelity_vs_reference"] = verdicts[name]
     runner.env.close()
     return result
+
+
+def fidelity_by_episode(
+    pooled: Mapping[int, tuple], runs: Sequence[tuple], scenario, classifier, *, seed: int = 0
+) -> list[dict]:
+    """Table 1 of every episode's own evaluation samples, for intervals over the seeds.
+
+    Each episode's samples (``pooled``: run index → (images, labels)) are one model of
+    :func:`~unlearn_gym.metrics.table.fidelity_table` (real features computed once); the row holds
+    the episode's (policy, seed, instance) and its :data:`FIDELITY_METRICS`: forget-set FID, KID
+    (mean over subsets), IS and SSIM of the contaminated label's samples, and the same of the retain
+    labels'. With a few hundred samples per episode, FID and KID are biased upward (FID's covariance
+    is singular below 128 samples): compare episodes at equal sample counts, as the bench does.
+    """
+    from .metrics.table import SampleSet, fidelity_table
+
+    order = sorted(pooled)
+    table = fidelity_table(
+        {str(i): SampleSet(*pooled[i]) for i in order}, scenario, classifier, per_class=False, seed=seed
+    )
+    keys = {"fid": "fid", "kid": "kid_mean", "is": "is_mean", "ssim": "ssim"}
+    rows = []
+    for i in order:
+        name, run_seed, instance = runs[i]
+        parts = table["models"][str(i)]
+        row = {"policy": name, "seed": run_seed, "instance": instance}
+        for metric in FIDELITY_METRICS:
+            part, figure = metric.split("_")
+            row[metric] = parts[part][keys[figure]]
+        rows.append(row)
+    return rows
 
 
 class EpisodeRunner:
@@ -774,6 +814,20 @@ class _EpisodeLog:
 VERDICT_METRICS = {"return": +1, "forget_rate": -1, "retain_accuracy": +1}
 """Metrics with a verdict against the reference, and the sign of "better" (+1: higher is better)."""
 
+FIDELITY_METRICS = {
+    "forget_fid": +1,
+    "forget_kid": +1,
+    "forget_is": 0,
+    "forget_ssim": -1,
+    "retain_fid": -1,
+    "retain_kid": -1,
+    "retain_is": 0,
+    "retain_ssim": +1,
+}
+"""Table 1's figures of one episode's own evaluation samples (``metrics="full"``), and the sign of
+"better" as in :mod:`unlearn_gym.metrics.table` (forget: the model must no longer draw the forget
+set; 0: IS has no better direction here, its verdict says "higher" or "lower")."""
+
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """(mean, half-width) of the Student-t interval of the mean paired difference a_i − b_i.
@@ -787,20 +841,24 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     return confidence_interval(list(a - b), confidence)
 
 
-def verdict(mean_diff: float, half_width: float, higher_is_better: bool) -> str:
-    """ "better", "worse" or "indistinguishable": whether the interval mean ± half excludes 0, and on which side."""
+def verdict(mean_diff: float, half_width: float, higher_is_better: bool | None) -> str:
+    """ "better", "worse" or "indistinguishable": whether the interval mean ± half excludes 0, and on
+    which side; for a metric with no better direction (``higher_is_better=None``) "higher" or "lower"."""
     if not (np.isfinite(mean_diff) and np.isfinite(half_width)):
         return "indistinguishable"
     if mean_diff - half_width > 0:
-        return "better" if higher_is_better else "worse"
+        return "higher" if higher_is_better is None else "better" if higher_is_better else "worse"
     if mean_diff + half_width < 0:
-        return "worse" if higher_is_better else "better"
+        return "lower" if higher_is_better is None else "worse" if higher_is_better else "better"
     return "indistinguishable"
 
 
-def compare_with_reference(episodes: list[dict], names: list[str], reference: str | None) -> dict[str, dict]:
+def compare_with_reference(
+    episodes: list[dict], names: list[str], reference: str | None, metrics: Mapping[str, int] = VERDICT_METRICS
+) -> dict[str, dict]:
     """policy → metric → {diff, ci95, verdict}: each policy against ``reference`` at 95%, paired
-    over the (seed, instance) episodes both ran; {} when the reference was not benchmarked."""
+    over the (seed, instance) episodes both ran; {} when the reference was not benchmarked.
+    ``metrics``: metric → sign of "better" (+1 higher, −1 lower, 0 none)."""
     if reference is None or reference not in names:
         return {}
     key = lambda e: (e["seed"], e["instance"])  # noqa: E731
@@ -811,12 +869,13 @@ def compare_with_reference(episodes: list[dict], names: list[str], reference: st
             continue
         rows = [e for e in episodes if e["policy"] == name and key(e) in ref]
         out[name] = {}
-        for metric, sign in VERDICT_METRICS.items():
+        for metric, sign in metrics.items():
             pairs = [(e[metric], ref[key(e)][metric]) for e in rows if metric in e and metric in ref[key(e)]]
+            pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
             if not pairs:
                 continue
             diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
-            out[name][metric] = {"diff": diff, "ci95": half, "verdict": verdict(diff, half, sign > 0)}
+            out[name][metric] = {"diff": diff, "ci95": half, "verdict": verdict(diff, half, sign > 0 if sign else None)}
     return out
 
 
@@ -956,7 +1015,69 @@ def to_markdown(result: dict, command: str | None = None) -> str:
             "",
             fidelity_markdown(result["fidelity"]),
         ]
+        if any("fidelity" in row for row in result["summary"].values()):
+            lines += ["", _fidelity_episodes_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def _fidelity_episodes_markdown(result: dict) -> str:
+    """Table 1 per episode: mean ± 95% CI over the episodes, and the verdicts against the reference."""
+    models = result["fidelity"]["models"]
+    arrows = {+1: " ↑", -1: " ↓", 0: ""}
+    header = ["policy", "n"] + [
+        f"{m.split('_')[0]} {m.split('_')[1].upper()}{arrows[sign]}" for m, sign in FIDELITY_METRICS.items()
+    ]
+    lines = [
+        "### Table 1 per episode (each episode's own samples; mean ± 95% CI over the episodes)",
+        "",
+        "Every episode's evaluation samples scored alone against the real sets (the pooled table above "
+        "scores all of a policy's samples at once). FID and KID at this sample count are biased upward "
+        "and comparable only between rows.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
+    ]
+    if "pretrained" in models:
+        pre = models["pretrained"]
+        keys = {"fid": "fid", "kid": "kid_mean", "is": "is_mean", "ssim": "ssim"}
+        cells = []
+        for m in FIDELITY_METRICS:
+            part, figure = m.split("_")
+            value = pre[part][keys[figure]]
+            cells.append("–" if value is None else _fidelity_value(m, value))
+        lines.append("| pretrained (no unlearning) | – | " + " | ".join(cells) + " |")
+    for name, row in result["summary"].items():
+        if "fidelity" not in row:
+            continue
+        cells = row["fidelity"]
+        n = next(iter(cells.values()))["n"]
+        body = [
+            f"{_fidelity_value(m, cells[m]['mean'])} ± {_fidelity_value(m, cells[m]['ci95'])}" for m in FIDELITY_METRICS
+        ]
+        lines.append(f"| {name} | {n} | " + " | ".join(body) + " |")
+    verdicts = {
+        n: row["fidelity_vs_reference"] for n, row in result["summary"].items() if "fidelity_vs_reference" in row
+    }
+    if verdicts:
+        ref = result["settings"].get("reference")
+        lines += ["", f"Against {ref} (paired over equal seeds; mean difference ± 95% CI):", ""]
+        for n, v in verdicts.items():
+            parts = [
+                f"{m} {c['verdict']} ({_fidelity_value(m, c['diff'], signed=True)} ± {_fidelity_value(m, c['ci95'])})"
+                for m, c in v.items()
+            ]
+            lines.append(f"- {n}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _fidelity_value(metric: str, value: float | None, signed: bool = False) -> str:
+    """One Table-1 figure: FID and KID with 4 significant digits, IS and SSIM with 3 decimals."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    sign = "+" if signed else ""
+    if metric.endswith(("_fid", "_kid")):
+        return f"{value:{sign}.4g}"
+    return f"{value:{sign}.3f}"
 
 
 def _interval(cell: dict | None, digits: int = 3) -> str:
@@ -1029,7 +1150,9 @@ def _robustness_markdown(result: dict) -> str:
 def json_summary(result: dict) -> dict:
     """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} →
     {mean, ci95, n}, with ``vs_reference`` (metric → verdict), ``worst_class``, ``iqm`` and
-    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed; and ``pretrained`` →
+    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
+    per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
+    ``metrics="full"``, the robustness figures with ``robustness``; and ``pretrained`` →
     {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset."""
     out = {}
     pre = result.get("pretrained")
@@ -1056,6 +1179,13 @@ def json_summary(result: dict) -> dict:
             k: {"mean": _finite(v["mean"]), "ci95": _finite(v["ci95"]), "n": v["n"]}
             for k, v in row.get("robustness", {}).items()
         }
+        if row.get("fidelity"):
+            out[name]["fidelity"] = {
+                k: {"mean": _finite(v["mean"]), "ci95": _finite(v["ci95"]), "n": v["n"]}
+                for k, v in row["fidelity"].items()
+            }
+        if row.get("fidelity_vs_reference"):
+            out[name]["fidelity_vs_reference"] = {m: c["verdict"] for m, c in row["fidelity_vs_reference"].items()}
     return out
 
 
