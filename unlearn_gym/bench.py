@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .env_kwargs import make_kwargs
+from .policy_specs import policy_from_spec, policy_name  # the registry sits above baselines/ and agents/
+
 if TYPE_CHECKING:
     from .metrics.robustness import RobustnessConfig
 
@@ -46,6 +49,7 @@ __all__ = [
     "confidence_interval",
     "aggregate_statistics",
     "policy_from_spec",
+    "policy_name",
     "read_episode_log",
     "run_benchmark",
     "write_report",
@@ -105,65 +109,6 @@ def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tu
         return float(x.mean()), float("nan")
     q = float(student_t.ppf((1.0 + confidence) / 2.0, len(x) - 1))
     return float(x.mean()), q * float(x.std(ddof=1)) / math.sqrt(len(x))
-
-
-def policy_from_spec(spec: str, *, seed: int = 0):
-    """A policy from a short spec.
-
-    ``static:L`` · ``random`` (or ``random:LO:HI``) · ``linear:START:END`` · ``cosine:START:END`` ·
-    ``vi-adaptive`` · ``vi-variance`` (or ``vi-variance:fixed``) · ``ppo`` (the bundled PPO agent) ·
-    ``agent:DIR`` (an agent exported by ``unlearn-gym train``).
-    """
-    from .baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda
-
-    kind, _, rest = spec.partition(":")
-    args = rest.split(":") if rest else []
-
-    def floats(n_min: int, n_max: int) -> list[float]:
-        if not n_min <= len(args) <= n_max:
-            raise ValueError(f"policy {spec!r}: expected {kind}" + ":X" * n_min + f" ({n_min}–{n_max} numbers)")
-        try:
-            return [float(a) for a in args]
-        except ValueError:
-            raise ValueError(f"policy {spec!r}: {args} are not numbers") from None
-
-    if kind == "static":
-        return StaticLambda(*floats(1, 1))
-    if kind == "random":
-        return RandomLambda(*floats(0, 2), seed=seed)
-    if kind == "linear":
-        return LinearSchedule(*floats(0, 2))
-    if kind == "cosine":
-        return CosineSchedule(*floats(0, 2))
-    if kind == "vi-adaptive":
-        from .baselines.vi_adaptive import VIAdaptive
-
-        return VIAdaptive(seed=seed)
-    if kind == "vi-variance":
-        from .baselines.vi_variance import VIVariance
-
-        if rest not in ("", "resampled", "fixed"):
-            raise ValueError(f"policy {spec!r}: expected vi-variance, vi-variance:resampled or vi-variance:fixed")
-        return VIVariance(seed=seed, derivative=rest or "resampled")
-    if kind in ("ppo", "agent"):
-        from .agents.policy import load_agent
-        from .assets import bundled_agent_dir
-
-        path = rest if kind == "agent" else bundled_agent_dir()
-        if kind == "agent" and not rest:
-            raise ValueError("policy 'agent:DIR' needs the directory of an exported agent")
-        return load_agent(path)
-    raise ValueError(
-        f"unknown policy {spec!r}: use static:L, random, linear:A:B, cosine:A:B, vi-adaptive, vi-variance, ppo or agent:DIR"
-    )
-
-
-def policy_name(spec: str, policy) -> str:
-    if spec == "ppo":
-        return "ppo (bundled)"
-    if spec.startswith("agent:"):
-        return f"{getattr(policy, 'algo', 'agent')}:{Path(spec[6:]).name or spec[6:]}"
-    return getattr(policy, "name", spec)
 
 
 @dataclass(frozen=True)
@@ -247,15 +192,6 @@ class BenchConfig:
             )
         if self.backend == "ray" and self.robustness:
             raise ValueError("backend 'ray' does not run the robustness attacks; use backend 'local' with robustness")
-
-
-def make_kwargs(env_kwargs: Mapping[str, Any]) -> dict:
-    """Keywords of ``gymnasium.make``: with a ``horizon``, the TimeLimit follows it (the registered
-    ``max_episode_steps`` of 100 would otherwise cut longer episodes short)."""
-    kwargs = dict(env_kwargs)
-    if "horizon" in kwargs and "max_episode_steps" not in kwargs:
-        kwargs["max_episode_steps"] = int(kwargs["horizon"])
-    return kwargs
 
 
 def _log(msg: str) -> None:

@@ -571,11 +571,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         EPISODE_LOG,
         BenchConfig,
         json_summary,
-        policy_from_spec,
-        policy_name,
         run_benchmark,
         write_report,
     )
+    from .policy_specs import policy_from_spec, policy_name
 
     _set_threads(args.threads)
     if args.address is not None and args.backend != "ray":
