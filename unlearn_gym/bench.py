@@ -16,6 +16,11 @@ a header line with the settings, then one record per episode, each flushed and f
 (policy, seed, instance): the env is reset with the seed, and a policy carries no state from one
 episode into the next beyond what ``reset(seed)`` sets (true of every bundled policy; agents'
 ``predict`` is stateless when deterministic).
+
+The episodes run in this process, in ``workers`` spawned processes, or on Ray actors
+(``backend="ray"``, :mod:`unlearn_gym.ray_backend`); each way yields (index, outcome) to the same
+bookkeeping, so the log, a resume and the report do not depend on it. With ``record``, every
+episode's steps also become Minari datasets (:mod:`unlearn_gym.recording`).
 """
 
 from __future__ import annotations
