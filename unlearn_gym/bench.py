@@ -16,6 +16,11 @@ a header line with the settings, then one record per episode, each flushed and f
 (policy, seed, instance): the env is reset with the seed, and a policy carries no state from one
 episode into the next beyond what ``reset(seed)`` sets (true of every bundled policy; agents'
 ``predict`` is stateless when deterministic).
+
+The episodes run in this process, in ``workers`` spawned processes, or on Ray actors
+(``backend="ray"``, :mod:`unlearn_gym.ray_backend`); each way yields (index, outcome) to the same
+bookkeeping, so the log, a resume and the report do not depend on it. With ``record``, every
+episode's steps also become Minari datasets (:mod:`unlearn_gym.recording`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from .env_kwargs import make_kwargs
+from .policy_specs import policy_from_spec, policy_name  # the registry sits above baselines/ and agents/
 
 if TYPE_CHECKING:
     from .metrics.robustness import RobustnessConfig
@@ -46,6 +54,7 @@ __all__ = [
     "confidence_interval",
     "aggregate_statistics",
     "policy_from_spec",
+    "policy_name",
     "read_episode_log",
     "run_benchmark",
     "write_report",
@@ -56,7 +65,16 @@ EPISODE_LOG = "episodes.jsonl"
 """The episode log's file name in a bench output folder (``unlearn-gym bench --resume DIR`` reads it)."""
 
 _LOG_KIND = "unlearn-gym bench episodes"
-_REPORT_ONLY_SETTINGS = ("reference", "bootstrap_reps", "bootstrap_seed", "workers")
+_REPORT_ONLY_SETTINGS = (
+    "reference",
+    "bootstrap_reps",
+    "bootstrap_seed",
+    "workers",
+    "backend",
+    "ray_address",
+    "cpus_per_trial",
+    "gpus_per_trial",
+)
 """BenchConfig fields that shape only the report or how the episodes are run, not an episode: they
 may change on resume."""
 
@@ -96,65 +114,6 @@ def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tu
         return float(x.mean()), float("nan")
     q = float(student_t.ppf((1.0 + confidence) / 2.0, len(x) - 1))
     return float(x.mean()), q * float(x.std(ddof=1)) / math.sqrt(len(x))
-
-
-def policy_from_spec(spec: str, *, seed: int = 0):
-    """A policy from a short spec.
-
-    ``static:L`` · ``random`` (or ``random:LO:HI``) · ``linear:START:END`` · ``cosine:START:END`` ·
-    ``vi-adaptive`` · ``vi-variance`` (or ``vi-variance:fixed``) · ``ppo`` (the bundled PPO agent) ·
-    ``agent:DIR`` (an agent exported by ``unlearn-gym train``).
-    """
-    from .baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda
-
-    kind, _, rest = spec.partition(":")
-    args = rest.split(":") if rest else []
-
-    def floats(n_min: int, n_max: int) -> list[float]:
-        if not n_min <= len(args) <= n_max:
-            raise ValueError(f"policy {spec!r}: expected {kind}" + ":X" * n_min + f" ({n_min}–{n_max} numbers)")
-        try:
-            return [float(a) for a in args]
-        except ValueError:
-            raise ValueError(f"policy {spec!r}: {args} are not numbers") from None
-
-    if kind == "static":
-        return StaticLambda(*floats(1, 1))
-    if kind == "random":
-        return RandomLambda(*floats(0, 2), seed=seed)
-    if kind == "linear":
-        return LinearSchedule(*floats(0, 2))
-    if kind == "cosine":
-        return CosineSchedule(*floats(0, 2))
-    if kind == "vi-adaptive":
-        from .baselines.vi_adaptive import VIAdaptive
-
-        return VIAdaptive(seed=seed)
-    if kind == "vi-variance":
-        from .baselines.vi_variance import VIVariance
-
-        if rest not in ("", "resampled", "fixed"):
-            raise ValueError(f"policy {spec!r}: expected vi-variance, vi-variance:resampled or vi-variance:fixed")
-        return VIVariance(seed=seed, derivative=rest or "resampled")
-    if kind in ("ppo", "agent"):
-        from .agents.policy import load_agent
-        from .assets import bundled_agent_dir
-
-        path = rest if kind == "agent" else bundled_agent_dir()
-        if kind == "agent" and not rest:
-            raise ValueError("policy 'agent:DIR' needs the directory of an exported agent")
-        return load_agent(path)
-    raise ValueError(
-        f"unknown policy {spec!r}: use static:L, random, linear:A:B, cosine:A:B, vi-adaptive, vi-variance, ppo or agent:DIR"
-    )
-
-
-def policy_name(spec: str, policy) -> str:
-    if spec == "ppo":
-        return "ppo (bundled)"
-    if spec.startswith("agent:"):
-        return f"{getattr(policy, 'algo', 'agent')}:{Path(spec[6:]).name or spec[6:]}"
-    return getattr(policy, "name", spec)
 
 
 @dataclass(frozen=True)
@@ -200,6 +159,18 @@ class BenchConfig:
     performance-profile bands)."""
     bootstrap_seed: int = 0
     """Seed of the bootstrap's generator (each statistic starts from it afresh)."""
+    backend: Literal["local", "ray"] = "local"
+    """Where the episodes run: "local" (this process, or ``workers`` spawned processes) or "ray"
+    (Ray actors, each an episode runner with ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs,
+    as many as the cluster fits; needs the ``ray`` extra). The records are the same either way."""
+    ray_address: str | None = None
+    """The Ray cluster to join (``ray.init(address=...)``: "HOST:PORT", "ray://HOST:PORT" or "auto");
+    None: the Ray session this process already has, else a new local cluster on this machine."""
+    cpus_per_trial: float = 1.0
+    """CPUs each Ray actor declares (and its torch threads, at least 1)."""
+    gpus_per_trial: float = 0.0
+    """GPUs each Ray actor declares (fractions share a GPU); the env's ``device`` keyword says where
+    the model runs (``"cuda"`` inside an actor is the GPU Ray assigned to it)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -218,15 +189,14 @@ class BenchConfig:
             raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
         if self.bootstrap_reps < 1:
             raise ValueError(f"bootstrap_reps must be >= 1, got {self.bootstrap_reps}")
-
-
-def make_kwargs(env_kwargs: Mapping[str, Any]) -> dict:
-    """Keywords of ``gymnasium.make``: with a ``horizon``, the TimeLimit follows it (the registered
-    ``max_episode_steps`` of 100 would otherwise cut longer episodes short)."""
-    kwargs = dict(env_kwargs)
-    if "horizon" in kwargs and "max_episode_steps" not in kwargs:
-        kwargs["max_episode_steps"] = int(kwargs["horizon"])
-    return kwargs
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if not self.cpus_per_trial > 0 or not self.gpus_per_trial >= 0:
+            raise ValueError(
+                f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {self.cpus_per_trial} and {self.gpus_per_trial}"
+            )
+        if self.backend == "ray" and self.robustness:
+            raise ValueError("backend 'ray' does not run the robustness attacks; use backend 'local' with robustness")
 
 
 def _log(msg: str) -> None:
@@ -241,6 +211,7 @@ def run_benchmark(
     log: Callable[[str], None] | None = _log,
     log_path: str | Path | None = None,
     resume: bool = False,
+    record: str | Path | None = None,
 ) -> dict:
     """Run every policy on every (seed, instance) and evaluate each unlearned model.
 
@@ -255,24 +226,42 @@ def run_benchmark(
         resume: continue the log at ``log_path``: its episodes are taken as they are and only the
             missing ones run, so the result equals an uninterrupted run's. A half-written last line
             is dropped; the log must have been written with the same settings and policies
-            (``reference`` and the bootstrap settings may differ).
+            (``reference``, the bootstrap settings and how the episodes run may differ).
+        record: a folder for Minari datasets: every episode's steps (observations, actions,
+            rewards, terminations, truncations, the step statistics of ``info``), one dataset per
+            policy, id :func:`~unlearn_gym.recording.dataset_id` (load them with
+            ``MINARI_DATASETS_PATH`` = this folder). With ``resume``, the logged episodes' steps
+            come from ``episode_samples/``: the interrupted run must have recorded too.
 
     Returns:
         JSON-able dict: ``settings``, ``pretrained`` (evaluation of the model at reset),
         ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n; with
         ``vs_reference``, ``worst_class`` and :func:`aggregate_statistics`' ``iqm``,
-        ``mean_bootstrap`` and ``prob_improvement``), ``warnings`` and, with ``log_path``,
-        ``episode_log`` ({path, resumed_episodes}); plus the non-JSON ``_grids`` (before/after
+        ``mean_bootstrap`` and ``prob_improvement``), ``warnings``, with ``log_path``
+        ``episode_log`` ({path, resumed_episodes}), with ``record`` ``datasets`` ({path, ids:
+        policy → Minari dataset id}); plus the non-JSON ``_grids`` (before/after
         sample tensors) that :func:`write_report` draws and drops.
     """
     from tqdm.auto import tqdm
 
     log = log or (lambda _msg: None)
     runs = [(n, s, i) for n in policies for s in config.seeds for i in config.instances]
+    recorded: dict[int, Any] = {}
+    if config.backend == "ray":  # first: fail before any work without Ray or its cluster
+        from .ray_backend import check_address, require_ray
+
+        require_ray()
+        if config.ray_address is not None:
+            check_address(config.ray_address)
+    if record is not None:  # first: fail before any work where the datasets cannot be written
+        from .recording import check_new_datasets, require_minari
+
+        require_minari()
+        check_new_datasets(record, config.env_id, list(policies))
     episode_log = None
     if log_path is not None:  # first: a resume with other settings fails before any work
         episode_log = _EpisodeLog(Path(log_path), _log_settings(config, list(policies)), runs, resume, log)
-    runner = EpisodeRunner(policies, config)
+    runner = EpisodeRunner(policies, config, record=record is not None)
     base, evaluate = runner.base, runner.evaluate
     warnings = runner.warnings()
     for w in warnings:
@@ -309,6 +298,8 @@ def run_benchmark(
         if done is None:
             pending.append(index)
             continue
+        if record is not None:
+            recorded[index] = episode_log.load_steps(index, run)
         if evaluate is not None and (index == first_run[run[0]] or config.metrics == "full"):
             arrays = episode_log.load_arrays(index)  # what the interrupted run's episode contributed
             if index == first_run[run[0]]:
@@ -318,38 +309,47 @@ def run_benchmark(
         records[index] = done
         bar.update(1)
 
-    def finish(index: int, record: dict, ev) -> None:
-        """Keep one episode's outcome (in this process, as it arrives) and log it."""
-        name, arrays = record["policy"], {}
+    def finish(index: int, outcome: tuple) -> None:
+        """Keep one episode's outcome (record, evaluation, steps; in this process, as it arrives) and log it."""
+        episode, ev, steps = outcome
+        name, arrays = episode["policy"], {}
         if ev is not None:
             if index == first_run[name]:
                 grids[name] = arrays["grid"] = _grid_images(ev, runner.num_labels, config)
             if config.metrics == "full":
                 pooled[index] = (ev.images.to(base.device), ev.labels.to(base.device))
                 arrays |= {"images": ev.images, "labels": ev.labels}
+        if steps is not None:
+            recorded[index] = steps
+            arrays |= _tensors(steps.to_arrays())
         if episode_log is not None:
             if arrays:
                 episode_log.save_arrays(index, arrays)
-            episode_log.append(record)
-        records[index] = record
-        bar.set_postfix_str(f"{name} seed {record['seed']}")
+            episode_log.append(episode)
+        records[index] = episode
+        bar.set_postfix_str(f"{name} seed {episode['seed']}")
         bar.update(1)
 
-    if config.workers > 1 and robust is None and len(pending) > 1:
-        for index, (record, ev) in _run_in_workers(policies, config, runs, pending):
-            finish(index, record, ev)
+    if pending and config.backend == "ray":
+        from .ray_backend import run_on_ray
+
+        for index, outcome in run_on_ray(policies, config, runs, pending, record=record is not None):
+            finish(index, outcome)
+    elif config.workers > 1 and robust is None and len(pending) > 1:
+        for index, outcome in _run_in_workers(policies, config, runs, pending, record=record is not None):
+            finish(index, outcome)
     else:
         for index in pending:
             name, seed, instance = runs[index]
             bar.set_postfix_str(f"{name} seed {seed}")
-            record, ev = runner.episode(name, seed, instance)
+            episode, ev, steps = runner.episode(name, seed, instance)
             if robust is not None:
                 t2 = time.perf_counter()
                 figures = robust()
-                record |= figures["summary"]
-                record["robustness"] = figures
-                record["seconds_robustness"] = round(time.perf_counter() - t2, 3)
-            finish(index, record, ev)
+                episode |= figures["summary"]
+                episode["robustness"] = figures
+                episode["seconds_robustness"] = round(time.perf_counter() - t2, 3)
+            finish(index, (episode, ev, steps))
     bar.close()
     episodes: list[dict] = records  # type: ignore[assignment]  (every run is filled in)
     for index in sorted(pooled):
@@ -397,6 +397,13 @@ def run_benchmark(
         result["pretrained_robustness"] = pretrained_robustness
     if episode_log is not None:
         result["episode_log"] = {"path": str(episode_log.path), "resumed_episodes": len(episode_log.done)}
+    if record is not None:
+        from .recording import write_datasets
+
+        by_policy = {name: [recorded[k] for k, run in enumerate(runs) if run[0] == name] for name in policies}
+        ids = write_datasets(record, runner.env, by_policy)
+        result["datasets"] = {"path": str(record), "ids": ids}
+        log(f"Minari datasets in {record}: {', '.join(ids.values())}")
     if config.metrics == "full" and evaluate is not None:
         from .metrics.table import SampleSet, fidelity_table
 
@@ -452,10 +459,15 @@ def fidelity_by_episode(
 class EpisodeRunner:
     """One env and one evaluator: runs one policy's episode on a (seed, instance) and evaluates it.
 
-    The runner of :func:`run_benchmark` (and of each of its worker processes).
+    The runner of :func:`run_benchmark` (and of each of its worker processes and Ray actors).
+
+    Args:
+        policies: name → policy (as :func:`run_benchmark` takes them).
+        config: the env and evaluation settings.
+        record: also keep every step of each episode (:class:`~unlearn_gym.recording.EpisodeSteps`).
     """
 
-    def __init__(self, policies: Mapping[str, Any], config: BenchConfig):
+    def __init__(self, policies: Mapping[str, Any], config: BenchConfig, *, record: bool = False):
         import gymnasium as gym
 
         import unlearn_gym  # noqa: F401  (registers the envs)
@@ -463,7 +475,7 @@ class EpisodeRunner:
         from .metrics.classifier import classifier_dir_for, load_classifier
         from .models.checkpoint import load_model_config
 
-        self.policies, self.config = policies, config
+        self.policies, self.config, self.record = policies, config, record
         self.env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
         self.base = base = self.env.unwrapped
         self.evaluate: Callable[[], Any] | None = None
@@ -521,20 +533,33 @@ class EpisodeRunner:
                 out.append(f"{name} was trained on {policy.env_id}, benched on {self.config.env_id}")
         return out
 
-    def episode(self, name: str, seed: int, instance: int | None) -> tuple[dict, Any]:
-        """One episode of policy ``name`` from ``reset(seed, instance)``; (record, evaluation or None).
+    def episode(self, name: str, seed: int, instance: int | None) -> tuple[dict, Any, Any]:
+        """One episode of policy ``name`` from ``reset(seed, instance)``.
 
         The policy is reset with the episode's seed first, so an episode depends on nothing that ran before.
+
+        Returns:
+            (record, evaluation or None, :class:`~unlearn_gym.recording.EpisodeSteps` when
+            recording, else None).
         """
         config, env, policy = self.config, self.env, self.policies[name]
+        steps = None
+        if self.record:
+            from .recording import StepRecorder
+
+            steps = StepRecorder(env.action_space.shape)
         if hasattr(policy, "reset"):
             policy.reset(seed)
         t0 = time.perf_counter()
         obs, _ = env.reset(seed=seed, options=None if instance is None else {"instance": instance})
+        if steps is not None:
+            steps.reset(obs)
         lams, rewards, done, info, episode_start = [], [], False, {}, True
         while not done:
             action, _ = policy.predict(obs, episode_start=np.array([episode_start]), deterministic=config.deterministic)
             next_obs, reward, terminated, truncated, info = env.step(action)
+            if steps is not None:
+                steps.step(action, next_obs, reward, terminated, truncated, info)
             if hasattr(policy, "observe"):
                 policy.observe(obs, action, reward, next_obs, terminated, truncated, info)
             lams.append(float(info["lam"]))
@@ -562,30 +587,35 @@ class EpisodeRunner:
             record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
             record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
             record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
-        return record, ev
+        return record, ev, None if steps is None else steps.finish(seed, instance)
+
+    def remote_episode(self, unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
+        """:meth:`episode` of ``unit`` = (name, seed, instance), with only what the parent draws and
+        pools of the evaluation (its images and labels, on the CPU): what a worker sends back."""
+        record, ev, steps = self.episode(*unit)
+        if ev is not None:
+            ev = SimpleNamespace(images=ev.images.cpu(), labels=ev.labels.cpu())
+        return record, ev, steps
 
 
 _WORKER: EpisodeRunner | None = None
 
 
-def _worker_init(policies: Mapping[str, Any], config: BenchConfig) -> None:
+def _worker_init(policies: Mapping[str, Any], config: BenchConfig, record: bool) -> None:
     import torch
 
     global _WORKER
     torch.set_num_threads(1)
-    _WORKER = EpisodeRunner(policies, config)
+    _WORKER = EpisodeRunner(policies, config, record=record)
 
 
-def _worker_episode(unit: tuple[str, int, int | None]) -> tuple[dict, Any]:
-    record, ev = _WORKER.episode(*unit)
-    if ev is not None:  # back to the parent: only what it draws and pools
-        ev = SimpleNamespace(images=ev.images.cpu(), labels=ev.labels.cpu())
-    return record, ev
+def _worker_episode(unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
+    return _WORKER.remote_episode(unit)
 
 
-def _run_in_workers(policies, config: BenchConfig, runs: list, indices: list[int]):
+def _run_in_workers(policies, config: BenchConfig, runs: list, indices: list[int], record: bool = False):
     """Run ``runs[k]`` for k in ``indices`` in ``config.workers`` spawned processes; yields
-    (k, (record, evaluation)) as each episode finishes."""
+    (k, (record, evaluation, steps)) as each episode finishes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -594,7 +624,7 @@ def _run_in_workers(policies, config: BenchConfig, runs: list, indices: list[int
         min(config.workers, len(indices)),
         mp_context=context,
         initializer=_worker_init,
-        initargs=(dict(policies), config),
+        initargs=(dict(policies), config, record),
     ) as pool:
         futures = {pool.submit(_worker_episode, runs[k]): k for k in indices}
         for future in as_completed(futures):
@@ -650,6 +680,13 @@ def _grid_images(evaluation, num_labels: int, config: BenchConfig):
     k = min(int((labels == y).sum()) for y in range(num_labels))
     k = min(k, config.grid_columns)
     return torch.stack([imgs[labels == y][:k] for y in range(num_labels)])
+
+
+def _tensors(arrays: Mapping[str, np.ndarray]) -> dict:
+    """numpy arrays as torch tensors (what safetensors stores)."""
+    import torch
+
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # a copy: Ray's arrays are read-only
 
 
 def _pool_samples(samples: dict, name: str, images, labels) -> None:
@@ -798,6 +835,18 @@ class _EpisodeLog:
 
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         save_tensors_atomic(arrays, self._arrays_path(index))
+
+    def load_steps(self, index: int, run: tuple):
+        """The recorded steps of the ``index``-th episode ``run`` = (policy, seed, instance)."""
+        from .recording import EpisodeSteps
+
+        try:
+            return EpisodeSteps.from_arrays(self.load_arrays(index), run[1], run[2])
+        except (FileNotFoundError, KeyError):
+            raise ValueError(
+                f"resume with record: the logged episode {run} has no recorded steps in {self.samples_dir} (the "
+                "interrupted run did not record); resume without recording, or start afresh"
+            ) from None
 
     def load_arrays(self, index: int) -> dict:
         """The tensors :meth:`save_arrays` wrote for the ``index``-th episode, on the CPU."""

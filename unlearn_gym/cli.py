@@ -1,4 +1,4 @@
-"""The ``unlearn-gym`` command line: pretrain, train-classifier, evaluate, unlearn, train, bench, perf.
+"""The ``unlearn-gym`` command line: pretrain, train-classifier, evaluate, unlearn, train, bench, sweep, perf.
 
 Progress bars and messages go to stderr; with ``--json`` stdout holds only one JSON object.
 """
@@ -564,18 +564,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, logging every episode to OUT/episodes.jsonl, and write the report into OUT."""
     import shlex
 
+    from gymnasium.error import DependencyNotInstalled
+
     from .bench import (
         BENCH_ENV_KWARGS,
         EPISODE_LOG,
         BenchConfig,
         json_summary,
-        policy_from_spec,
-        policy_name,
         run_benchmark,
         write_report,
     )
+    from .policy_specs import policy_from_spec, policy_name
 
     _set_threads(args.threads)
+    if args.address is not None and args.backend != "ray":
+        raise SystemExit(f"error: --address {args.address} names a Ray cluster; add --backend ray")
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise SystemExit(f"error: --resume {args.resume} continues the run in that folder; drop --out {args.out}")
     out = args.resume or args.out or "runs/bench"
@@ -612,13 +615,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if args.robustness
             else None,
             bootstrap_reps=args.bootstrap_reps,
+            backend=args.backend,
+            ray_address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
         )
         t0 = time.perf_counter()
         log_path = Path(out) / EPISODE_LOG
         result = run_benchmark(
-            policies, config, progress=not args.no_progress, log_path=log_path, resume=bool(args.resume)
+            policies,
+            config,
+            progress=not args.no_progress,
+            log_path=log_path,
+            resume=bool(args.resume),
+            record=args.record,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, DependencyNotInstalled) as e:
         raise SystemExit(f"error: {e}") from None
     result["seconds"] = round(time.perf_counter() - t0, 1)
     command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
@@ -629,6 +641,71 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(paths["markdown"].read_text())
     return 0
+
+
+# -- sweep ---------------------------------------------------------------------------------------
+
+
+def _add_ray_args(p) -> None:
+    p.add_argument(
+        "--address", default=None, help="the Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: a local one)"
+    )
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each Ray trial declares (its torch threads)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray trial declares (0.5: two per GPU)")
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"error: {flag}: expected comma-separated integers, e.g. 0,1,2, got {text!r}") from None
+    if not values:
+        raise SystemExit(f"error: {flag}: expected comma-separated integers, e.g. 0,1,2, got {text!r}")
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train agents over the grid with Ray Tune (each trial: ``train_agent``, then a scored rollout) and
+    write the table of all trials into OUT."""
+    import shlex
+
+    from gymnasium.error import DependencyNotInstalled
+
+    from .sweep import SweepConfig, parse_grid, run_sweep, write_sweep_table
+
+    env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
+    if args.checkpoint:
+        env_kwargs["checkpoint"] = str(Path(args.checkpoint).resolve())  # trials run in folders of their own
+    try:
+        config = SweepConfig(
+            algos=tuple(a.strip() for a in args.algos.split(",") if a.strip()),
+            seeds=_int_list(args.sweep_seeds, "--seeds"),
+            grid=parse_grid(args.set),
+            env_id=args.env,
+            env_kwargs=env_kwargs,
+            timesteps=args.timesteps,
+            eval_episodes=args.eval_episodes,
+            device=args.device,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            ray_address=args.address,
+        )
+        t0 = time.perf_counter()
+        rows = run_sweep(config, args.out)
+    except (ValueError, ConnectionError, DependencyNotInstalled) as e:
+        raise SystemExit(f"error: {e}") from None
+    command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["sweep"]))
+    paths = write_sweep_table(rows, config, args.out, command)
+    failed = [r["trial"] for r in rows if r["status"] != "ok"]
+    print(
+        f"sweep: {len(rows)} trials ({len(failed)} failed) in {time.perf_counter() - t0:.0f} s; table in {paths['markdown']}",
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps({"trials": rows, "table": str(paths["csv"])}))
+    else:
+        print(paths["markdown"].read_text())
+    return 1 if failed else 0
 
 
 # -- perf ----------------------------------------------------------------------------------------
@@ -835,7 +912,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--robustness", action="store_true", help="also membership inference and relearning of every unlearned model"
     )
     _add_robustness_args(p, "--robustness")
+    g = p.add_argument_group('Ray (pip install "unlearn-gym[ray]")')
+    g.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process or --workers processes; ray: Ray actors on a cluster (a new local one without --address)",
+    )
+    _add_ray_args(g)
+    p.add_argument(
+        "--record",
+        default=None,
+        metavar="DIR",
+        help='also write every episode as Minari datasets under DIR, one per policy (pip install "unlearn-gym[minari]")',
+    )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="train agents over algorithms × seeds × hyperparameter values with Ray Tune")
+    p.add_argument("--algos", default="ppo", help="comma-separated: ppo, sac, td3, ddpg, mcpg")
+    p.add_argument("--seeds", dest="sweep_seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a hyperparameter and its values (repeat for more; the grid is their product), e.g. learning_rate=3e-4,1e-3",
+    )
+    p.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
+    p.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
+    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
+    p.add_argument("--timesteps", type=int, default=2048, help="env steps to train each trial")
+    p.add_argument(
+        "--eval-episodes", type=int, default=3, help="deterministic episodes (seeds 0..N-1) scoring each trained agent"
+    )
+    p.add_argument("--device", default="cpu", help="the agent networks' device")
+    _add_ray_args(p)
+    p.add_argument("--out", default="runs/sweep", help="folder for sweep.csv, sweep.md, trials/ and tune/")
+    p.add_argument("--json", action="store_true", help="print the trials as one JSON object on stdout")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
@@ -851,6 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COUNT_OPTIONS = ("samples", "steps", "batch_size", "ddim_steps", "epochs", "batch", "repeats", "timesteps", "seeds")
 _COUNT_OPTIONS += ("mia_samples", "mia_bootstrap", "relearn_steps", "relearn_every", "relearn_batch_size")
 _COUNT_OPTIONS += ("relearn_forget_images", "relearn_forget_per_batch", "relearn_samples", "bootstrap_reps")
+_COUNT_OPTIONS += ("eval_episodes",)
 """Options that must be >= 1 where a command has them."""
 
 

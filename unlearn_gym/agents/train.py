@@ -61,7 +61,7 @@ def make_training_env(
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-    from ..bench import make_kwargs
+    from ..env_kwargs import make_kwargs
     from ..envs.wrappers import EpisodeEndSamples
 
     kwargs = make_kwargs(env_kwargs)
@@ -324,7 +324,7 @@ def _train_mcpg(
 
     hp = dict(hp)
     hp.pop("n_envs", None)
-    from ..bench import make_kwargs
+    from ..env_kwargs import make_kwargs
 
     kwargs: dict[str, Any] = make_kwargs(env_kwargs)
     if sample_every > 0:
