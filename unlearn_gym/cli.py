@@ -526,6 +526,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             sample_every=args.sample_every,
             vec_env=args.vec_env,
+            num_envs=args.num_envs,
             verbose=args.verbose,
         )
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -754,6 +755,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     p.add_argument("--sample-every", type=int, default=10, help="episodes between TensorBoard sample grids (0 = none)")
     p.add_argument("--vec-env", default="dummy", choices=["dummy", "subproc"])
+    p.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help="train on N runs batched in one engine (gymnasium.make_vec + the SB3 adapter) instead of n_envs copies",
+    )
     p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--json", action="store_true")

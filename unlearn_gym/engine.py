@@ -415,6 +415,8 @@ class UnlearningEngine:
 
     def _probe_losses(self, params, x_t, t, y, eps, valid) -> torch.Tensor:
         """(2,) retain and forget denoising losses mean Σ(ε_θ(x_t) − ε)² on the run's fixed probe (NaN if none)."""
+        if not self.probe_size:
+            return torch.full((2,), float("nan"), device=self.device, dtype=eps.dtype)
         with torch.no_grad():
             out = functional_call(self._module, params, (x_t, t), {"class_labels": y}).sample
             err = (out - eps).pow(2).flatten(1).sum(1).view(2, -1).mean(1)
