@@ -154,7 +154,9 @@ class UnlearningVectorEnv(VectorEnv):
         instance = options.pop("instance", None)
         instances = list(instance) if isinstance(instance, (list, tuple, np.ndarray)) else [instance] * self.num_envs
         if len(instances) != self.num_envs:
-            raise ValueError(f"reset: options['instance'] needs one entry per run ({self.num_envs}), got {len(instances)}")
+            raise ValueError(
+                f"reset: options['instance'] needs one entry per run ({self.num_envs}), got {len(instances)}"
+            )
         checked = []
         for i, inst in enumerate(instances):
             try:
@@ -228,4 +230,3 @@ def make_hybrid_vector_env(num_envs: int = 1, **kwargs: Any) -> UnlearningVector
     from .hybrid_env import HybridEnv
 
     return UnlearningVectorEnv(HybridEnv, num_envs, **kwargs)
-
