@@ -108,6 +108,8 @@ def test_bad_input_names_the_run_and_steps_nothing(tiny_checkpoint):
     venv = make_vec(tiny_checkpoint, num_envs=2)
     with pytest.raises(RuntimeError, match=r"step called before reset\(\) \(runs \[0, 1\]\)"):
         venv.step(np.zeros((2, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"leaves runs \[1\] without a first reset; call reset\(\) without a mask"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
     with pytest.raises(ValueError, match="expected one seed per run, a list of 2, got 3"):
         venv.reset(seed=[1, 2, 3])
     with pytest.raises(ValueError, match="seed of run 1 must be an int >= 0 or None"):

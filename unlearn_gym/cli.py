@@ -635,16 +635,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- perf ----------------------------------------------------------------------------------------
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {option} expected comma-separated integers, e.g. 1,4,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"error: {option} expected integers >= 1, got {text!r}")
+    return values
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import profile_step
+    """Time a plain DDPM step, the SISS update and env.step; with --num-envs, N batched runs per executor."""
+    from .engine import EXECUTORS
+    from .perf import profile_runs, profile_step
 
     _set_threads(args.threads)
-    result = profile_step(args.preset, args.batch, _resolve_device(args.device), repeats=args.repeats)
+    device = _resolve_device(args.device)
+    if args.num_envs is None:
+        result = profile_step(args.preset, args.batch, device, repeats=args.repeats)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k, v in result.items():
+                print(f"{k:16} {v}")
+        return 0
+    executors = tuple(args.executor.split(","))
+    bad = [e for e in executors if e not in EXECUTORS]
+    if bad:
+        raise SystemExit(f"error: --executor expected some of {list(EXECUTORS)}, got {bad}")
+    result = profile_runs(
+        args.preset, args.batch, device, _int_list(args.num_envs, "--num-envs"), executors, args.repeats
+    )
     if args.json:
         print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:16} {v}")
+        return 0
+    print(
+        f"{result['preset']} preset, batch {result['batch_size']}, {result['device']}, {result['threads']} thread(s); "
+        f"single env.step {result['single_ms']} ms"
+    )
+    print(f"{'N':>4} {'executor':>8} {'ms/step':>9} {'ms/run':>8} {'env-steps/s':>12} {'speed-up':>9}")
+    for r in result["runs"]:
+        print(
+            f"{r['num_envs']:>4} {r['executor']:>8} {r['batched_ms']:>9} {r['ms_per_run']:>8} "
+            f"{r['env_steps_per_s']:>12} {r['speedup_vs_sequential']:>9}"
+        )
     return 0
 
 
@@ -844,11 +879,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_robustness_args(p, "--robustness")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
+    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step; or N batched runs")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--num-envs",
+        default=None,
+        help="comma-separated N, e.g. 1,4,16: time one step of the N-run vector env against N single env steps",
+    )
+    p.add_argument("--executor", default="loop,vmap", help="with --num-envs: comma-separated executors (loop, vmap)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_perf)

@@ -151,6 +151,12 @@ class UnlearningVectorEnv(VectorEnv):
                 f"reset: options['{RESET_MASK}'] must be a bool array of shape ({self.num_envs},), "
                 f"got {mask.dtype} {mask.shape}"
             )
+        never = [i for i, ep in enumerate(self._episodes) if ep.needs_reset and not mask[i]]
+        if never:
+            raise ValueError(
+                f"reset: options['{RESET_MASK}'] leaves runs {never} without a first reset; "
+                "call reset() without a mask first"
+            )
         instance = options.pop("instance", None)
         instances = list(instance) if isinstance(instance, (list, tuple, np.ndarray)) else [instance] * self.num_envs
         if len(instances) != self.num_envs:
