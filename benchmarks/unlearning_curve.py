@@ -94,7 +94,7 @@ def main() -> None:
             horizon=args.steps,
             max_episode_steps=args.steps,
         )
-        unet = env.unwrapped.engine.unet
+        unet = env.unwrapped.engine.model()
         for seed in seeds:
             env.reset(seed=seed)
             rows, t0 = [], time.perf_counter()

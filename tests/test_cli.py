@@ -214,3 +214,16 @@ def test_evaluate_metrics_option_is_a_comma_separated_set(tmp_path):
     with pytest.raises(SystemExit, match="RelearnConfig.forget_per_batch must be <= batch_size=2, got 4"):
         main(["evaluate", "--metrics", "robustness", "--relearn-batch-size", "2", "--device", "cpu",
               "--out", str(tmp_path)])  # fmt: skip
+
+
+def test_perf_num_envs_reports_batched_steps(capsys):
+    argv = ["perf", "--preset", "tiny", "--batch", "2", "--repeats", "1", "--device", "cpu", "--threads", "1"]
+    main(argv + ["--num-envs", "1,2", "--executor", "loop,vmap", "--json"])
+    res = _json_stdout(capsys)
+    assert [(r["num_envs"], r["executor"]) for r in res["runs"]] == [(1, "loop"), (2, "loop"), (1, "vmap"), (2, "vmap")]
+    for r in res["runs"]:
+        assert r["speedup_vs_sequential"] == pytest.approx(r["num_envs"] * res["single_ms"] / r["batched_ms"], rel=1e-2)
+    with pytest.raises(SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop'\], got \['gpu'\]"):
+        main(argv + ["--num-envs", "2", "--executor", "gpu"])
+    with pytest.raises(SystemExit, match="--num-envs expected integers >= 1, got '0,2'"):
+        main(argv + ["--num-envs", "0,2"])

@@ -19,17 +19,17 @@ def engine(tiny_checkpoint, default_scenario):
 
 
 def _params(eng):
-    return [p.detach().clone() for p in eng.unet.parameters()]
+    return [p.detach().clone() for p in eng.model().parameters()]
 
 
 def test_update_changes_the_model_and_reports_every_statistic(engine):
     before = _params(engine)
-    stats = engine.update(0.5)
+    stats = engine.update(0.5)[0]
     assert stats.finite and list(stats.as_dict()) == list(STAT_NAMES)  # as_array follows this order
     assert stats.loss_r > 0 and stats.loss_f > 0 and stats.grad_r_norm > 0 and stats.grad_f_norm > 0
     assert 0.0 <= stats.forget_share <= 1.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, engine.unet.parameters()))
-    assert engine.step_count == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, engine.model().parameters()))
+    assert engine.step_count.tolist() == [1]
     # the objective's variance statistics arrive in order, renamed x → r (retain), a → f (forget)
     names = [f.name.replace("_x", "_r").replace("_a", "_f") for f in fields(EstimatorVariances)]
     assert list(STAT_NAMES[-len(names) :]) == names
@@ -39,20 +39,19 @@ def test_update_changes_the_model_and_reports_every_statistic(engine):
 
 def test_restore_is_in_place_and_complete(engine):
     pretrained = _params(engine)
-    ptrs = [p.data_ptr() for p in engine.unet.parameters()]
+    state = engine.state_dict()["tensors"]
+    ptrs = {k: v.data_ptr() for k, v in state.items() if k.split(".")[0] in ("param", "exp_avg", "exp_avg_sq")}
     engine.seed(1)
-    first = [engine.update(0.5) for _ in range(3)]
-    state_ptrs = [v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    first = [engine.update(0.5)[0] for _ in range(3)]
     engine.restore()
-    assert [p.data_ptr() for p in engine.unet.parameters()] == ptrs  # same storage: nothing reallocated
-    assert [
-        v.data_ptr() for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
-    ] == state_ptrs
-    for p, q in zip(engine.unet.parameters(), pretrained):
+    state = engine.state_dict()["tensors"]
+    assert {k: state[k].data_ptr() for k in ptrs} == ptrs  # same storage: nothing reallocated
+    assert all(not state[k].any() for k in ptrs if k.startswith("exp_avg")) and not state["adam_steps"].any()
+    for p, q in zip(engine.model().parameters(), pretrained):
         assert torch.equal(p, q)
     # a restored engine replays the same run as a fresh one (fresh AdamW state)
     engine.seed(1)
-    again = [engine.update(0.5) for _ in range(3)]
+    again = [engine.update(0.5)[0] for _ in range(3)]
     assert [s.as_dict() for s in again] == [s.as_dict() for s in first]
 
 
@@ -61,25 +60,25 @@ def test_save_and_load_resume_a_run_exactly(engine, tmp_path):
     for _ in range(2):
         engine.update(0.3)
     engine.save(tmp_path / "run.safetensors")
-    continued = [engine.update(0.7).as_dict() for _ in range(2)]
+    continued = [engine.update(0.7)[0].as_dict() for _ in range(2)]
     final = _params(engine)
     engine.restore()
     engine.seed(99)  # anything: load must bring back generator, probe, weights and optimizer
     engine.load(tmp_path / "run.safetensors")
-    assert engine.step_count == 2
-    resumed = [engine.update(0.7).as_dict() for _ in range(2)]
+    assert engine.step_count.tolist() == [2]
+    resumed = [engine.update(0.7)[0].as_dict() for _ in range(2)]
     assert resumed == continued
-    for p, q in zip(engine.unet.parameters(), final):
+    for p, q in zip(engine.model().parameters(), final):
         assert torch.equal(p, q)
 
 
 def test_evaluate_changes_nothing(engine):
     before = _params(engine)
-    stats = engine.evaluate(0.5)
+    stats = engine.evaluate(0.5)[0]
     assert stats.finite
-    for p, q in zip(engine.unet.parameters(), before):
+    for p, q in zip(engine.model().parameters(), before):
         assert torch.equal(p, q)
-    assert engine.step_count == 0 and not engine.optimizer.state
+    assert engine.step_count.tolist() == [0] and not engine.state_dict()["tensors"]["adam_steps"].any()
 
 
 def test_engine_input_errors(tiny_checkpoint, default_scenario):

@@ -38,7 +38,7 @@ def _rollout(env, seed, steps=3):
         obs, r, term, trunc, info = env.step(np.full(env.action_space.shape, np.sin(i), dtype=np.float32))
         trace.append(obs)
         rewards.append(r)
-    params = torch.cat([p.detach().flatten() for p in env.unwrapped.engine.unet.parameters()])
+    params = torch.cat([p.detach().flatten() for p in env.unwrapped.engine.model().parameters()])
     return np.stack(trace), np.array(rewards), params
 
 

@@ -44,7 +44,7 @@ def _rollout(env, seed, steps=10):
         trace.append(obs)
         rewards.append(r)
         assert not term
-    params = torch.cat([p.detach().flatten() for p in env.unwrapped.engine.unet.parameters()])
+    params = torch.cat([p.detach().flatten() for p in env.unwrapped.engine.model().parameters()])
     return np.stack(trace), np.array(rewards), params
 
 
@@ -124,7 +124,7 @@ def test_bad_actions_and_options(make):
 def test_divergence_terminates_with_penalty_and_reset_recovers(make):
     env = make(lr=1e8, divergence_penalty=7.0)
     obs0, _ = env.reset(seed=0)
-    pretrained = [p.detach().clone() for p in env.unwrapped.engine.unet.parameters()]
+    pretrained = [p.detach().clone() for p in env.unwrapped.engine.model().parameters()]
     for _ in range(50):
         obs, r, term, trunc, info = env.step(np.array([0.0], dtype=np.float32))
         if term:
@@ -133,7 +133,7 @@ def test_divergence_terminates_with_penalty_and_reset_recovers(make):
     assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
     obs, _ = env.reset(seed=0)
     assert np.array_equal(obs, obs0)
-    for p, q in zip(env.unwrapped.engine.unet.parameters(), pretrained):
+    for p, q in zip(env.unwrapped.engine.model().parameters(), pretrained):
         assert torch.equal(p, q)
 
 
@@ -153,14 +153,14 @@ def test_instances_select_forget_subsets(make):
     env = make(forget_subset=5)
     full = len(env.unwrapped.scenario.forget)
     env.reset(seed=0, options={"instance": 3})
-    a = env.unwrapped.engine.forget_images.clone()
+    a = env.unwrapped.engine.forget_set()[0].clone()
     assert len(a) == 5 < full
     env.reset(seed=0, options={"instance": 3})
-    assert torch.equal(env.unwrapped.engine.forget_images, a)
+    assert torch.equal(env.unwrapped.engine.forget_set()[0], a)
     env.reset(seed=0, options={"instance": 4})
-    assert not torch.equal(env.unwrapped.engine.forget_images, a)
+    assert not torch.equal(env.unwrapped.engine.forget_set()[0], a)
     env.reset(seed=0)  # no instance: the whole forget set again
-    assert len(env.unwrapped.engine.forget_images) == full
+    assert len(env.unwrapped.engine.forget_set()[0]) == full
 
 
 def test_render_is_an_rgb_grid_and_only_on_request(make):

@@ -21,6 +21,11 @@ _ENVS = {
     "SFD-v0": "unlearn_gym.envs.sfd_env:SFDEnv",
     "Hybrid-v0": "unlearn_gym.envs.hybrid_env:HybridEnv",
 }
+# N runs in one batched engine: gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")
+_VECTOR_ENVS = {
+    "SISS-v0": "unlearn_gym.envs.vector:make_siss_vector_env",
+    "Hybrid-v0": "unlearn_gym.envs.vector:make_hybrid_vector_env",
+}
 
 
 def _register() -> None:
@@ -29,7 +34,12 @@ def _register() -> None:
     for name, entry_point in _ENVS.items():
         for env_id in (f"unlearn_gym/{name}", name):
             if env_id not in registry:
-                register(id=env_id, entry_point=entry_point, max_episode_steps=100)
+                register(
+                    id=env_id,
+                    entry_point=entry_point,
+                    vector_entry_point=_VECTOR_ENVS.get(name),
+                    max_episode_steps=100,
+                )
 
 
 _register()

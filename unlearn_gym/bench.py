@@ -510,7 +510,7 @@ class EpisodeRunner:
     def _evaluate(self):
         from .metrics.forget import erasure_figures, evaluate_model
 
-        ev = evaluate_model(self.base.engine.unet, self.classifier, **self._eval_kw)
+        ev = evaluate_model(self.base.engine.model(), self.classifier, **self._eval_kw)
         forget_class = getattr(self.base, "forget_class", None)  # SFD-v0: class erasure figures too
         if forget_class is not None:
             ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
@@ -653,9 +653,9 @@ def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) ->
     rcfg = config.robustness_config or RobustnessConfig()
     kw = dict(scheduler_config=model_config.get("scheduler"), sampler=getattr(base, "sampler", None))
     t0 = time.perf_counter()
-    level = sampled_forget_rate(base.engine.unet, classifier, scenario, rcfg.relearn, **kw)["forget_rate"]
+    level = sampled_forget_rate(base.engine.model(), classifier, scenario, rcfg.relearn, **kw)["forget_rate"]
     mia = membership_inference(
-        base.engine.unet, scenario, rcfg.membership, scheduler_config=kw["scheduler_config"], progress=False
+        base.engine.model(), scenario, rcfg.membership, scheduler_config=kw["scheduler_config"], progress=False
     )
     pretrained = summary_figures({"membership": mia.to_dict()}) | {"relearn_level": level}
     log(
@@ -666,7 +666,7 @@ def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) ->
 
     def run() -> dict:
         return robustness_figures(
-            base.engine.unet, scenario, classifier, rcfg, pretrained_forget_rate=level, progress=False, **kw
+            base.engine.model(), scenario, classifier, rcfg, pretrained_forget_rate=level, progress=False, **kw
         )
 
     return run, pretrained

@@ -433,7 +433,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         device=device,
     )
     env.reset(seed=args.seed)
-    unet = env.unwrapped.engine.unet  # read-only here: evaluation of the env's model
+    unet = env.unwrapped.engine.model()  # read-only here: evaluation of the env's model
     eval_kw = _evaluation_kwargs(config, args, seed=args.eval_seed)
     t0 = time.perf_counter()
     before = evaluate_model(unet, classifier, **eval_kw)
@@ -526,6 +526,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             sample_every=args.sample_every,
             vec_env=args.vec_env,
+            num_envs=args.num_envs,
             verbose=args.verbose,
         )
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -711,16 +712,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # -- perf ----------------------------------------------------------------------------------------
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {option} expected comma-separated integers, e.g. 1,4,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"error: {option} expected integers >= 1, got {text!r}")
+    return values
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import profile_step
+    """Time a plain DDPM step, the SISS update and env.step; with --num-envs, N batched runs per executor."""
+    from .engine import EXECUTORS
+    from .perf import profile_runs, profile_step
 
     _set_threads(args.threads)
-    result = profile_step(args.preset, args.batch, _resolve_device(args.device), repeats=args.repeats)
+    device = _resolve_device(args.device)
+    if args.num_envs is None:
+        result = profile_step(args.preset, args.batch, device, repeats=args.repeats)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k, v in result.items():
+                print(f"{k:16} {v}")
+        return 0
+    executors = tuple(args.executor.split(","))
+    bad = [e for e in executors if e not in EXECUTORS]
+    if bad:
+        raise SystemExit(f"error: --executor expected some of {list(EXECUTORS)}, got {bad}")
+    result = profile_runs(
+        args.preset, args.batch, device, _int_list(args.num_envs, "--num-envs"), executors, args.repeats
+    )
     if args.json:
         print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:16} {v}")
+        return 0
+    print(
+        f"{result['preset']} preset, batch {result['batch_size']}, {result['device']}, {result['threads']} thread(s); "
+        f"single env.step {result['single_ms']} ms"
+    )
+    print(f"{'N':>4} {'executor':>8} {'ms/step':>9} {'ms/run':>8} {'env-steps/s':>12} {'speed-up':>9}")
+    for r in result["runs"]:
+        print(
+            f"{r['num_envs']:>4} {r['executor']:>8} {r['batched_ms']:>9} {r['ms_per_run']:>8} "
+            f"{r['env_steps_per_s']:>12} {r['speedup_vs_sequential']:>9}"
+        )
     return 0
 
 
@@ -831,6 +867,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     p.add_argument("--sample-every", type=int, default=10, help="episodes between TensorBoard sample grids (0 = none)")
     p.add_argument("--vec-env", default="dummy", choices=["dummy", "subproc"])
+    p.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help="train on N runs batched in one engine (gymnasium.make_vec + the SB3 adapter) instead of n_envs copies",
+    )
     p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -951,11 +993,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the trials as one JSON object on stdout")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step")
+    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step; or N batched runs")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--num-envs",
+        default=None,
+        help="comma-separated N, e.g. 1,4,16: time one step of the N-run vector env against N single env steps",
+    )
+    p.add_argument("--executor", default="loop,vmap", help="with --num-envs: comma-separated executors (loop, vmap)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_perf)

@@ -1,27 +1,34 @@
-"""The unlearning engine: owns the model, its optimizer, the data streams and the probe.
+"""The unlearning engine: owns N runs' models, their optimizer states, data streams and probes.
 
-``update(λ)`` performs one unlearning step (draw a batch, evaluate the objective, clip, AdamW,
-measure the fixed probe) and returns its statistics after exactly one device→host copy.
-``restore()`` puts the pretrained weights and a fresh optimizer state back in place on the device.
-Envs translate actions into λ and statistics into observations; they never touch the model.
+``update(λ)`` performs one unlearning step of every run (draw a batch, evaluate the objective,
+clip, AdamW, measure the fixed probe) and returns the runs' statistics after exactly one
+device→host copy. ``restore(runs)`` puts the pretrained weights and a fresh optimizer state back
+in place on the device, for some runs or all. N = 1 is the single env's engine. Envs translate
+actions into λ and statistics into observations; they never touch the model.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from torch.func import functional_call, vmap
 
 from .data.scenarios import ImageSet
 from .models.checkpoint import load_tensors, save_tensors_atomic
 from .models.unet import noise_schedule
-from .objectives.siss import OBJECTIVES, SISSConfig, draw_batch, global_norm
+from .objectives.common import global_norm
+from .objectives.siss import OBJECTIVES, SISSBatch, SISSConfig, draw_batch
 
 __all__ = [
+    "EXECUTORS",
     "HostStats",
+    "RunStats",
     "StepStats",
     "UnlearningEngine",
     "STAT_NAMES",
@@ -118,18 +125,98 @@ class StepStats(HostStats):
     drel_var_loss_f_dlam_resampled: float
 
 
+Executor = Literal["auto", "vmap", "loop"]
+EXECUTORS = ("auto", "vmap", "loop")
+
+
+def resolve_executor(executor: str, device: torch.device) -> str:
+    """ "auto" ↦ "vmap" on CUDA and "loop" elsewhere (on the CPU a loop is faster, DESIGN §11)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if executor == "auto":
+        return "vmap" if device.type == "cuda" else "loop"
+    return executor
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """The statistics of one update (or evaluation) of several runs, copied to the host at once.
+
+    ``values[i]`` is the i-th run's row: the fields of ``stats_class`` in their order.
+    """
+
+    values: np.ndarray
+    """(n, k) float64: one row per run."""
+    stats_class: type
+    """The frozen dataclass of one row (:class:`StepStats`, :class:`HybridStepStats`)."""
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> HostStats:
+        """Run i's row as a ``stats_class`` instance."""
+        return self.stats_class(*self.values[i].tolist())
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def finite(self) -> np.ndarray:
+        """(n,) bool: every statistic of the run is finite (False marks a diverged run)."""
+        return np.all(np.isfinite(self.values), axis=1)
+
+    def column(self, name: str) -> np.ndarray:
+        """(n,) the statistic ``name`` of every run."""
+        return self.values[:, [f.name for f in fields(self.stats_class)].index(name)]
+
+
+def _math_attention():
+    """Under ``vmap`` the UNet's attention must use the math SDPA backend (DESIGN §11)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 class UnlearningEngine:
-    """Model + AdamW + seeded retain/forget streams + a frozen on-device copy of the pretrained weights.
+    """N independent unlearning runs of one objective: stacked weights, AdamW moments, data streams, probes.
+
+    Each run i has its own parameters θ_i and AdamW moments (stacked along a leading run
+    dimension, ``torch.func.stack_module_state`` style), its own AdamW step count (so one run can
+    be restored while the others go on), its own ``torch.Generator`` (batches and probe) and its
+    own fixed probe; the frozen pretrained weights are kept once. One :meth:`update` advances
+    every run by one step:
+
+    1. draw each run's batch (x, a, t, ε, u) from its own generator;
+    2. evaluate the objective for each run (losses, g_x, g_a, surgery) at its λ_i;
+    3. clip each run's direction to ``config.clip_norm`` by its own global norm;
+    4. take each run's AdamW step (bias corrections from its own step count);
+    5. measure each run's fixed probe with its new weights;
+    6. copy one (N, k) statistics tensor to the host.
+
+    Steps 2–3 and 5 are one per-run function, mapped over the runs by the executor: "loop" (a
+    Python loop over the runs; the CPU default, faster there) or "vmap" (``torch.func.vmap`` over
+    the stacked runs, math attention; the CUDA default). Step 4 is elementwise over the stacks.
+    Both give the same numbers up to float rounding, and the loop with N runs gives run i exactly
+    the numbers of a one-run engine seeded like run i. The step has no host synchronisation other
+    than the one copy of step 6, and no Python branch on tensor values. ``num_runs=1`` is the
+    single env's engine.
 
     Args:
-        unet: the pretrained ε-prediction UNet (moved to ``device``; trained in place).
+        unet: the pretrained ε-prediction UNet (moved to ``device``; its weights become the frozen
+            pretrained copy, restored by :meth:`restore` and used as the hybrid's teacher).
         retain: retain images and labels (the data SISS keeps).
-        forget: forget images and labels (the data SISS removes).
+        forget: forget images and labels (the data SISS removes); every run starts with it.
         config: objective and optimiser settings.
         device: where everything lives.
         probe_size: images per probe half (retain, forget); 0 disables the probe.
         dataset_size: n of "superfactor" surgery (default |retain| + |forget|).
+        scheduler_config: the DDPM schedule (None: the default one).
+        num_runs: N, the number of independent runs (>= 1).
+        executor: "auto", "vmap" or "loop" (see above).
     """
+
+    stats_class: type[HostStats] = StepStats
+    """The statistics of one run's step, in the order of the engine's stats tensor."""
 
     def __init__(
         self,
@@ -141,6 +228,8 @@ class UnlearningEngine:
         probe_size: int = 8,
         dataset_size: int | None = None,
         scheduler_config: dict | None = None,
+        num_runs: int = 1,
+        executor: Executor = "auto",
     ):
         if len(retain) == 0 or len(forget) == 0:
             raise ValueError(
@@ -148,117 +237,159 @@ class UnlearningEngine:
             )
         if probe_size < 0:
             raise ValueError(f"probe_size must be >= 0, got {probe_size}")
+        if not isinstance(num_runs, (int, np.integer)) or isinstance(num_runs, bool) or num_runs < 1:
+            raise ValueError(f"num_runs must be an int >= 1, got {num_runs!r}")
         self.device = torch.device(device)
+        self.executor = resolve_executor(executor, self.device)
+        self.num_runs = N = int(num_runs)
         self.config = config
-        self.unet = unet.to(self.device).train()
-        self.params = dict(self.unet.named_parameters())
-        self._param_list = list(self.params.values())
-        self._pretrained = [p.detach().clone() for p in self._param_list]
-        self.optimizer = torch.optim.AdamW(
-            self._param_list, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-        )
+        self._module = unet.to(self.device).train().requires_grad_(False)
+        # the frozen pretrained weights, once (the module's own storage): restore's source, the hybrid's teacher
+        self._pretrained = {n: p.detach() for n, p in self._module.named_parameters()}
+        self.params = {n: p.unsqueeze(0).repeat(N, *([1] * p.ndim)) for n, p in self._pretrained.items()}
+        """name → (N, ...) the runs' parameters θ_i (updated in place, never reallocated)."""
+        self._exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self._exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self._adam_steps = torch.zeros(N, dtype=torch.float64, device=self.device)
+        # run i's parameters as autograd leaves that alias the stack (the loop executor differentiates them)
+        self._leaves = [{n: p[i].detach().requires_grad_() for n, p in self.params.items()} for i in range(N)]
+        self._models: dict[int, torch.nn.Module] = {}
         sched = noise_schedule(scheduler_config)
         self.gamma = sched.gamma.to(self.device, torch.float32)
         self.sigma = sched.sigma.to(self.device, torch.float32)
         self.num_timesteps = sched.num_timesteps
         self.retain_images = retain.images.to(self.device)
         self.retain_labels = retain.labels.to(self.device)
+        self._forget: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.set_forget(forget)
         self.dataset_size = dataset_size if dataset_size is not None else len(retain) + len(forget)
         self.probe_size = probe_size
         self.objective = OBJECTIVES[config.objective]
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(0)
-        self.step_count = 0
-        self._probe: tuple[torch.Tensor, ...] | None = None
+        self.generators = [torch.Generator(self.device).manual_seed(0) for _ in range(N)]
+        self.step_count = np.zeros(N, dtype=np.int64)
+        """(N,) updates since each run's last restore."""
+        p2 = 2 * probe_size
+        shape = (N, p2, *self.retain_images.shape[1:])
+        self._probe = (
+            torch.zeros(shape, device=self.device, dtype=self.retain_images.dtype),
+            torch.zeros((N, p2), device=self.device, dtype=torch.long),
+            torch.zeros((N, p2), device=self.device, dtype=self.retain_labels.dtype),
+            torch.zeros(shape, device=self.device, dtype=self.retain_images.dtype),
+        )
+        self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
+        self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
 
-    # -- data ---------------------------------------------------------------------------------
+    # -- runs and data ------------------------------------------------------------------------
 
-    def set_forget(self, forget: ImageSet) -> None:
-        """Replace the forget set (e.g. another instance's subset)."""
+    def _runs(self, runs) -> list[int]:
+        """``runs`` (None: all; a bool mask (N,); or indices) as a sorted list of run indices."""
+        if runs is None:
+            return list(range(self.num_runs))
+        arr = np.asarray(runs)
+        if arr.dtype == bool:
+            if arr.shape != (self.num_runs,):
+                raise ValueError(f"run mask: expected shape ({self.num_runs},), got {arr.shape}")
+            return [int(i) for i in np.flatnonzero(arr)]
+        idx = [int(i) for i in np.atleast_1d(arr)]
+        bad = [i for i in idx if not 0 <= i < self.num_runs]
+        if bad:
+            raise ValueError(f"runs must be indices in [0, {self.num_runs}), got {bad}")
+        return sorted(set(idx))
+
+    def _per_run(self, value, name: str, n: int) -> np.ndarray:
+        """A scalar or (n,) array of ``name`` as (n,) float64."""
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0:
+            return np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise ValueError(f"{name}: expected a scalar or one value per run, shape ({n},), got {arr.shape}")
+        return arr
+
+    def set_forget(self, forget: ImageSet, runs=None) -> None:
+        """Replace the forget set of ``runs`` (None: all), e.g. with another instance's subset."""
         if len(forget) == 0:
             raise ValueError("the forget set must not be empty")
-        self.forget_images = forget.images.to(self.device)
-        self.forget_labels = forget.labels.to(self.device)
+        pair = (forget.images.to(self.device), forget.labels.to(self.device))
+        if not self._forget:
+            self._forget = [pair] * self.num_runs
+            return
+        for i in self._runs(runs):
+            self._forget[i] = pair
 
-    def seed(self, seed: int) -> None:
-        """Seed the data stream (batches) and redraw the fixed probe (images, t, ε) from it."""
-        self.generator.manual_seed(int(seed))
-        self._probe = self._draw_probe() if self.probe_size else None
+    def forget_set(self, run: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of run ``run``'s forget set, on the device."""
+        return self._forget[run]
 
-    def _draw_probe(self) -> tuple[torch.Tensor, ...]:
-        p, g = self.probe_size, self.generator
+    def seed(self, seeds, runs=None) -> None:
+        """Seed each run's data stream and redraw its fixed probe (images, t, ε) from it.
+
+        Args:
+            seeds: one int per selected run (an int is allowed when one run is selected).
+            runs: None (all runs), a bool mask (N,) or indices.
+        """
+        idx = self._runs(runs)
+        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+        if len(seeds) != len(idx):
+            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
+        for i, s in zip(idx, seeds):
+            self.generators[i].manual_seed(s)
+            if self.probe_size:
+                for buf, value in zip(self._probe, self._draw_probe(i)):
+                    buf[i].copy_(value)
+                self._probe_valid[i] = True
+
+    def _draw_probe(self, i: int) -> tuple[torch.Tensor, ...]:
+        p, g = self.probe_size, self.generators[i]
+        forget_images, forget_labels = self._forget[i]
         ir = torch.randint(len(self.retain_images), (p,), generator=g, device=self.device)
-        if_ = torch.randint(len(self.forget_images), (p,), generator=g, device=self.device)
-        x0 = torch.cat([self.retain_images[ir], self.forget_images[if_]])
-        y = torch.cat([self.retain_labels[ir], self.forget_labels[if_]])
+        if_ = torch.randint(len(forget_images), (p,), generator=g, device=self.device)
+        x0 = torch.cat([self.retain_images[ir], forget_images[if_]])
+        y = torch.cat([self.retain_labels[ir], forget_labels[if_]])
         t = torch.randint(self.num_timesteps, (2 * p,), generator=g, device=self.device)
         eps = torch.randn(x0.shape, generator=g, device=self.device)
         x_t = self.gamma[t].view(-1, 1, 1, 1) * x0 + self.sigma[t].view(-1, 1, 1, 1) * eps
         return x_t, t, y, eps
 
-    @torch.no_grad()
-    def _probe_losses(self) -> torch.Tensor:
-        """(2,) retain and forget denoising losses mean Σ(ε_θ(x_t) − ε)² on the fixed probe."""
-        if self._probe is None:
-            return torch.full((2,), float("nan"), device=self.device)
-        x_t, t, y, eps = self._probe
-        err = (self.unet(x_t, t, class_labels=y).sample - eps).pow(2).flatten(1).sum(1)
-        return err.view(2, -1).mean(1)
-
-    # -- the update ---------------------------------------------------------------------------
-
-    def evaluate(self, lam: float = 0.5, forget_scale: float = 1.0) -> StepStats:
-        """The statistics an update at λ would see, without changing the model or optimizer."""
-        res = self._objective(lam, forget_scale)
-        return self._to_host(res, global_norm(res.grads), self._probe_losses())
-
-    def _objective(self, lam: float, forget_scale: float):
-        """Draw this step's batch and evaluate the objective on it (gradients, no step)."""
+    def _draw(self, i: int) -> tuple:
+        """Run i's batch for one step, as the fields of :class:`SISSBatch`."""
+        forget_images, forget_labels = self._forget[i]
         batch = draw_batch(
             self.retain_images,
             self.retain_labels,
-            self.forget_images,
-            self.forget_labels,
+            forget_images,
+            forget_labels,
             self.config.batch_size,
             self.num_timesteps,
-            self.generator,
+            self.generators[i],
             with_noise_target=self.config.objective == "erasediff",
         )
+        return tuple(getattr(batch, f.name) for f in fields(SISSBatch))
+
+    def _forget_size(self, idx: list[int]) -> int | None:
+        """k of "superfactor" surgery, shared by the mapped runs."""
+        sizes = {len(self._forget[i][0]) for i in idx}
+        if len(sizes) == 1:
+            return sizes.pop()
+        if self.config.surgery == "superfactor":
+            raise ValueError(
+                "the vmap executor needs one forget-set size k for all runs under 'superfactor' surgery, "
+                f"got {sorted(sizes)}; use executor='loop' or equal forget subsets"
+            )
+        return None  # not used by the other surgeries
+
+    # -- the per-run step function -------------------------------------------------------------
+
+    def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
+        """The objective's result for one run (gradients, statistics; no step)."""
         return self.objective(
-            self.unet,
-            self.params,
-            batch,
-            lam,
-            self.gamma,
-            self.sigma,
-            self.config,
-            forget_scale,
-            self.dataset_size,
-            len(self.forget_images),
-        )
-
-    def update(self, lam: float, forget_scale: float = 1.0) -> StepStats:
-        """One unlearning step at mixture weight λ and forget-strength multiplier ``forget_scale``.
-
-        1. draw x, a, t, ε, u from the engine's generator;
-        2. evaluate the objective (losses, g_x, g_a, surgery) at λ;
-        3. clip the combined gradient to ``config.clip_norm`` and take an AdamW step;
-        4. measure the fixed probe with the new weights;
-        5. copy one stats tensor to the host.
-        """
-        res = self._objective(lam, forget_scale)
-        for p, g in zip(self._param_list, res.grads):
-            p.grad = g
-        update_norm = torch.nn.utils.clip_grad_norm_(self._param_list, self.config.clip_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
-        return self._to_host(res, update_norm, self._probe_losses())
+            self._module, params, batch, lam, self.gamma, self.sigma, self.config,
+            forget_scale, self.dataset_size, forget_size,
+        )  # fmt: skip
 
     @staticmethod
-    def _to_host(res, update_norm: torch.Tensor, probe: torch.Tensor) -> StepStats:
-        stats = torch.stack(
+    def _head(res, update_norm: torch.Tensor) -> torch.Tensor:
+        """The run's statistics without the probe, in ``stats_class`` order."""
+        return torch.stack(
             [
                 res.loss_x,
                 res.loss_a,
@@ -269,62 +400,203 @@ class UnlearningEngine:
                 res.dloss_a_dlam,
                 res.dloss_dlam,
                 update_norm.to(res.loss_x.dtype),
-                probe[0],
-                probe[1],
                 *res.variances.tensors(),  # EstimatorVariances' fields, in StepStats' order
             ]
-        ).to("cpu", torch.float64)  # the one host copy of the step
-        return StepStats(*stats.tolist())
+        )
 
-    # -- restore / save -----------------------------------------------------------------------
+    def _run_step(self, params, batch_fields, lam, forget_scale, forget_size, clip: bool):
+        """One run: objective (steps 2) and per-run clipping (step 3). Returns (clipped g, statistics)."""
+        res = self._objective(params, SISSBatch(*batch_fields), lam, forget_scale, forget_size)
+        norm = global_norm(res.grads)
+        if not clip:
+            return (), self._head(res, norm)
+        coef = torch.clamp(self.config.clip_norm / (norm + 1e-6), max=1.0)  # as clip_grad_norm_
+        return tuple(g * coef for g in res.grads), self._head(res, norm)
+
+    def _probe_losses(self, params, x_t, t, y, eps, valid) -> torch.Tensor:
+        """(2,) retain and forget denoising losses mean Σ(ε_θ(x_t) − ε)² on the run's fixed probe (NaN if none)."""
+        if not self.probe_size:
+            return torch.full((2,), float("nan"), device=self.device, dtype=eps.dtype)
+        with torch.no_grad():
+            out = functional_call(self._module, params, (x_t, t), {"class_labels": y}).sample
+            err = (out - eps).pow(2).flatten(1).sum(1).view(2, -1).mean(1)
+        return torch.where(valid, err, float("nan"))
+
+    def _with_probe(self, head: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        j = self._probe_index
+        return torch.cat([head[..., :j], probe, head[..., j:]], dim=-1)
 
     @torch.no_grad()
-    def restore(self) -> None:
-        """Pretrained weights and a fresh AdamW state, in place on the device (no allocation, no disk)."""
-        torch._foreach_copy_(self._param_list, self._pretrained)
-        zero_optimizer_state(self.optimizer)
-        self.step_count = 0
+    def _adamw_(self, run: int | None, grads) -> None:
+        """Step 4: AdamW (torch.optim.AdamW's arithmetic) on run ``run``'s views, or on all stacks (None)."""
+        cfg = self.config
+        beta1, beta2 = cfg.betas
+        sl = slice(None) if run is None else run
+        self._adam_steps[sl] += 1
+        step = self._adam_steps[sl]
+        bias_correction1 = 1 - torch.pow(beta1, step)
+        bias_correction2 = 1 - torch.pow(beta2, step)
+        step_size_neg = -torch.div(torch.full_like(step, cfg.lr), bias_correction1)
+        bias_correction2_sqrt = bias_correction2.sqrt()
+        for (name, p), g in zip(self.params.items(), grads):
+            p, m, v = p[sl], self._exp_avg[name][sl], self._exp_avg_sq[name][sl]
+            shape = (-1,) + (1,) * (p.ndim - 1) if run is None else ()
+            p.mul_(1 - cfg.lr * cfg.weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt.to(p.dtype).view(shape)).add_(1e-8)
+            p.add_(m.mul(step_size_neg.to(p.dtype).view(shape)).div_(denom))
 
-    def state_dict(self) -> dict[str, torch.Tensor | int | dict]:
-        """A whole run: parameters, AdamW moments, generator state, probe, step."""
-        tensors: dict[str, torch.Tensor] = {f"param.{n}": p.detach() for n, p in self.params.items()}
-        for i, p in enumerate(self._param_list):
-            for k, v in self.optimizer.state.get(p, {}).items():
-                tensors[f"opt.{i}.{k}"] = v
-        tensors["rng"] = self.generator.get_state()
-        if self._probe is not None:
-            for k, v in zip(("x_t", "t", "y", "eps"), self._probe):
-                tensors[f"probe.{k}"] = v
-        return {"tensors": tensors, "step": self.step_count, "config": asdict(self.config)}
+    # -- update / evaluate ----------------------------------------------------------------------
+
+    def update(self, lam, forget_scale=1.0) -> RunStats:
+        """One unlearning step of every run (steps 1–6 of the class docstring).
+
+        Args:
+            lam: λ_i per run, a scalar (all runs) or (N,) array, in [0, 1].
+            forget_scale: the forget-strength multiplier per run, scalar or (N,).
+
+        Returns:
+            The N runs' statistics (one host copy).
+        """
+        N = self.num_runs
+        lam = torch.as_tensor(self._per_run(lam, "lam", N), device=self.device)
+        scale = torch.as_tensor(self._per_run(forget_scale, "forget_scale", N), device=self.device)
+        idx = list(range(N))
+        batches = [self._draw(i) for i in idx]
+        if self.executor == "loop":
+            rows = []
+            for i in idx:
+                grads, head = self._run_step(
+                    self._leaves[i], batches[i], lam[i], scale[i], len(self._forget[i][0]), clip=True
+                )
+                self._adamw_(i, grads)
+                probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
+                rows.append(self._with_probe(head, probe))
+            stats = torch.stack(rows)
+        else:
+            with _math_attention():
+                grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
+                self._adamw_(None, grads)
+                probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
+            stats = self._with_probe(head, probe)
+        self.step_count += 1
+        return self._to_host(stats)
+
+    def _vmap_step(self, params, batches: list[tuple], lam, scale, forget_size, clip: bool):
+        """:meth:`_run_step` mapped by ``vmap`` over the stacked runs (batches stacked here)."""
+        stacked = tuple(None if parts[0] is None else torch.stack(parts) for parts in zip(*batches))
+        batch_dims = tuple(None if part is None else 0 for part in stacked)
+        return vmap(
+            lambda p, b, lm, s: self._run_step(p, b, lm, s, forget_size, clip=clip), in_dims=(0, batch_dims, 0, 0)
+        )(params, stacked, lam, scale)
+
+    def evaluate(self, lam=0.5, forget_scale=1.0, runs=None) -> RunStats:
+        """The statistics an update at λ would see for ``runs`` (None: all), without changing any model.
+
+        Draws each selected run's batch from its generator (as an update would); other runs are
+        untouched. Returns one row per selected run, in run order.
+        """
+        idx = self._runs(runs)
+        n = len(idx)
+        lam = torch.as_tensor(self._per_run(lam, "lam", n), device=self.device)
+        scale = torch.as_tensor(self._per_run(forget_scale, "forget_scale", n), device=self.device)
+        batches = [self._draw(i) for i in idx]
+        if self.executor == "loop":
+            rows = []
+            for j, i in enumerate(idx):
+                _, head = self._run_step(self._leaves[i], batches[j], lam[j], scale[j], len(self._forget[i][0]), False)
+                probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
+                rows.append(self._with_probe(head, probe))
+            stats = torch.stack(rows)
+        else:
+            sel = torch.as_tensor(idx, device=self.device)
+            params = {name: p[sel] for name, p in self.params.items()}
+            with _math_attention():
+                _, head = self._vmap_step(params, batches, lam, scale, self._forget_size(idx), clip=False)
+                probe = vmap(self._probe_losses)(params, *(b[sel] for b in self._probe), self._probe_valid[sel])
+            stats = self._with_probe(head, probe)
+        return self._to_host(stats)
+
+    def _to_host(self, stats: torch.Tensor) -> RunStats:
+        return RunStats(stats.to("cpu", torch.float64).numpy(), self.stats_class)  # the one host copy
+
+    # -- models, restore, save -------------------------------------------------------------------
+
+    def model(self, run: int = 0) -> torch.nn.Module:
+        """A UNet whose parameters are run ``run``'s weights (aliases, not copies: it follows the run).
+
+        For sampling, evaluation and saving; do not train it (the engine owns the weights).
+        """
+        if not 0 <= run < self.num_runs:
+            raise ValueError(f"run must be in [0, {self.num_runs}), got {run}")
+        if run not in self._models:
+            module = copy.deepcopy(self._module)
+            for name, p in self.params.items():
+                owner, _, leaf = name.rpartition(".")
+                module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(p[run], requires_grad=False)
+            self._models[run] = module
+        return self._models[run]
+
+    @torch.no_grad()
+    def restore(self, runs=None) -> None:
+        """Pretrained weights and a fresh AdamW state for ``runs`` (None: all; a bool mask or indices).
+
+        In place on the device (no allocation, no disk); the other runs are untouched.
+        """
+        for i in self._runs(runs):
+            for name, p in self.params.items():
+                p[i].copy_(self._pretrained[name])
+                self._exp_avg[name][i].zero_()
+                self._exp_avg_sq[name][i].zero_()
+            self._adam_steps[i] = 0
+            self.step_count[i] = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor | list | dict]:
+        """Every run: parameters, AdamW moments and steps, generator states, probes, step counts."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, p in self.params.items():
+            tensors[f"param.{name}"] = p
+            tensors[f"exp_avg.{name}"] = self._exp_avg[name]
+            tensors[f"exp_avg_sq.{name}"] = self._exp_avg_sq[name]
+        tensors["adam_steps"] = self._adam_steps
+        for i, g in enumerate(self.generators):
+            tensors[f"rng.{i}"] = g.get_state()
+        for key, buf in zip(("x_t", "t", "y", "eps"), self._probe):
+            tensors[f"probe.{key}"] = buf
+        tensors["probe.valid"] = self._probe_valid
+        return {"tensors": tensors, "step": self.step_count.tolist(), "config": asdict(self.config)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        """Put a :meth:`state_dict` of an engine with the same model and ``num_runs`` back, in place."""
         tensors = state["tensors"]
-        for n, p in self.params.items():
-            p.copy_(tensors[f"param.{n}"])
-        opt_state = {}
-        for i in range(len(self._param_list)):
-            keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
-            if keys:
-                opt_state[i] = {k.split(".", 2)[2]: tensors[k].clone() for k in keys}
-        self.optimizer.load_state_dict(
-            {"state": opt_state, "param_groups": self.optimizer.state_dict()["param_groups"]}
-        )
-        self.generator.set_state(tensors["rng"].to(torch.uint8).cpu())
-        if "probe.x_t" in tensors:
-            self._probe = tuple(tensors[f"probe.{k}"].to(self.device) for k in ("x_t", "t", "y", "eps"))
-        self.step_count = int(state["step"])
+        if len(state["step"]) != self.num_runs:
+            raise ValueError(f"state of {len(state['step'])} run(s), this engine has {self.num_runs}")
+        for name, p in self.params.items():
+            p.copy_(tensors[f"param.{name}"])
+            self._exp_avg[name].copy_(tensors[f"exp_avg.{name}"])
+            self._exp_avg_sq[name].copy_(tensors[f"exp_avg_sq.{name}"])
+        self._adam_steps.copy_(tensors["adam_steps"])
+        for i, g in enumerate(self.generators):
+            g.set_state(tensors[f"rng.{i}"].to(torch.uint8).cpu())
+        for key, buf in zip(("x_t", "t", "y", "eps"), self._probe):
+            buf.copy_(tensors[f"probe.{key}"])
+        self._probe_valid.copy_(tensors["probe.valid"])
+        self.step_count[:] = state["step"]
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state_dict` to one safetensors file, atomically."""
         state = self.state_dict()
+        tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
         save_tensors_atomic(
-            state["tensors"], path, metadata={"step": str(state["step"]), "config": json.dumps(state["config"])}
+            tensors, path, metadata={"step": json.dumps(state["step"]), "config": json.dumps(state["config"])}
         )
 
     def load(self, path: str | Path) -> None:
+        """Load what :meth:`save` wrote."""
         tensors, meta = load_tensors(path, device=self.device)
-        self.load_state_dict({"tensors": tensors, "step": int(meta["step"])})
+        self.load_state_dict({"tensors": tensors, "step": json.loads(meta["step"])})
 
 
 HYBRID_STAT_NAMES = (
@@ -368,6 +640,8 @@ class HybridEngine(UnlearningEngine):
         Other arguments as :class:`UnlearningEngine`.
     """
 
+    stats_class = HybridStepStats
+
     def __init__(self, unet, retain, forget, hybrid=None, target_classes=(), **kwargs):
         from .objectives.hybrid import HybridConfig
 
@@ -376,7 +650,7 @@ class HybridEngine(UnlearningEngine):
         if not target_classes:
             raise ValueError("HybridEngine needs at least one target class")
         self.target_classes = torch.tensor(list(target_classes), dtype=torch.long, device=self.device)
-        self.teacher_params = dict(zip(self.params, self._pretrained))
+        self.teacher_params = self._pretrained
         K = len(self.target_classes)
         self._uniform_weights = torch.full((K,), 1.0 / K, device=self.device)
         self._target_weights: torch.Tensor | None = None
@@ -391,27 +665,18 @@ class HybridEngine(UnlearningEngine):
             raise ValueError(f"target weights: expected shape {tuple(self.target_classes.shape)}, got {tuple(w.shape)}")
         self._target_weights = w
 
-    def _objective(self, lam: float, forget_scale: float):
+    def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
         from .objectives.hybrid import hybrid_objective
 
-        batch = draw_batch(
-            self.retain_images,
-            self.retain_labels,
-            self.forget_images,
-            self.forget_labels,
-            self.config.batch_size,
-            self.num_timesteps,
-            self.generator,
-        )
         weights = self._target_weights if self._target_weights is not None else self._uniform_weights
         return hybrid_objective(
-            self.unet, self.params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
-            (self.target_classes, weights), forget_scale, self.dataset_size, len(self.forget_images),
+            self._module, params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
+            (self.target_classes, weights), forget_scale, self.dataset_size, forget_size,
         )  # fmt: skip
 
     @staticmethod
-    def _to_host(res, update_norm: torch.Tensor, probe: torch.Tensor) -> HybridStepStats:
-        stats = torch.stack(
+    def _head(res, update_norm: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
             [
                 res.loss_x,
                 res.loss_a,
@@ -421,8 +686,5 @@ class HybridEngine(UnlearningEngine):
                 res.forget_share,
                 res.dloss_dlam,
                 update_norm.to(res.loss_x.dtype),
-                probe[0],
-                probe[1],
             ]
-        ).to("cpu", torch.float64)  # the one host copy of the step
-        return HybridStepStats(*stats.tolist())
+        )

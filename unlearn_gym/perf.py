@@ -1,7 +1,9 @@
-"""Step profile: the time of a plain DDPM training step, of the bare SISS update and of ``env.step``.
+"""Step profiles: a plain DDPM training step, the bare SISS update and ``env.step``; and N batched runs.
 
-All three run on one model preset and batch size, on one device; the figure of each is the median
-over ``repeats`` timed calls after ``warmup`` untimed ones (CUDA is synchronised around each call).
+:func:`profile_step` times the three on one model preset and batch size, on one device.
+:func:`profile_runs` times one step of the batched vector env for each N and executor against N
+sequential steps of the single env in the same process. Each figure is the median over
+``repeats`` timed calls after ``warmup`` untimed ones (CUDA is synchronised around each call).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["profile_step"]
+__all__ = ["profile_step", "profile_runs"]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
@@ -126,5 +129,89 @@ def profile_step(
         "env_ms": round(env_ms, 2),
         "siss_over_plain": round(siss_ms / plain_ms, 3),
         "env_over_siss": round(env_ms / siss_ms, 3),
+        "torch": torch.__version__,
+    }
+
+
+def _checkpoint_dir(directory: str, preset: str, seed: int) -> None:
+    """A fresh initialisation of ``preset`` saved as a checkpoint of the ``default`` scenario."""
+    from .data.scenarios import load_scenario
+    from .models.checkpoint import save_model
+    from .models.unet import PRESETS, make_unet, scheduler_config
+
+    scenario = load_scenario("default")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = make_unet(preset)
+    config = {
+        "unet": PRESETS[preset].to_dict(),
+        "scheduler": scheduler_config(),
+        "scenario": {
+            "name": "default",
+            "args": {},
+            "num_labels": scenario.num_labels,
+            "contaminated_label": scenario.contaminated_label,
+            "contaminant_class": scenario.contaminant_class,
+        },
+    }
+    save_model(unet, directory, config)
+
+
+def profile_runs(
+    preset: str = "tiny",
+    batch_size: int = 16,
+    device: str = "cpu",
+    num_envs: tuple[int, ...] = (1, 4, 16),
+    executors: tuple[str, ...] = ("loop", "vmap"),
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict:
+    """Milliseconds per batched step of the vector env for each N and executor, and the speed-up.
+
+    - single: ``SISSEnv.step`` (one run, the single env);
+    - batched: ``UnlearningVectorEnv.step`` with N runs (one engine update of all N runs, the
+      observations, rewards and infos), with the engine's ``executor``;
+    - speed-up: N·single_ms / batched_ms, the throughput over N single runs stepped one after another.
+
+    Episodes never end (``horizon`` 10⁹); the weights are a fresh initialisation of ``preset``.
+    """
+    from .envs.siss_env import SISSEnv
+    from .envs.vector import make_siss_vector_env
+
+    dev = torch.device(device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _checkpoint_dir(tmp, preset, seed)
+        kw = dict(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9)
+        env = SISSEnv(**kw)
+        env.reset(seed=seed)
+        single_ms = _median_ms(partial(env.step, np.zeros(1, dtype=np.float32)), repeats, warmup, dev)
+        probe_size = env.config.probe_size
+        for executor in executors:
+            for n in num_envs:
+                venv = make_siss_vector_env(n, executor=executor, **kw)
+                venv.reset(seed=list(range(seed, seed + n)))
+                ms = _median_ms(partial(venv.step, np.zeros((n, 1), dtype=np.float32)), repeats, warmup, dev)
+                rows.append(
+                    {
+                        "num_envs": n,
+                        "executor": executor,
+                        "batched_ms": round(ms, 2),
+                        "ms_per_run": round(ms / n, 2),
+                        "env_steps_per_s": round(1000.0 * n / ms, 2),
+                        "speedup_vs_sequential": round(n * single_ms / ms, 3),
+                    }
+                )
+                venv.close()
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "probe_size": probe_size,
+        "single_ms": round(single_ms, 2),
+        "runs": rows,
         "torch": torch.__version__,
     }

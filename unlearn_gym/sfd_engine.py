@@ -217,6 +217,12 @@ class SFDEngine:
 
     # -- restore ----------------------------------------------------------------------------------
 
+    def model(self, run: int = 0) -> torch.nn.Module:
+        """The generator ε_θ (SFD has one run: ``run`` must be 0), for sampling and saving."""
+        if run != 0:
+            raise ValueError(f"SFDEngine holds one run, got run={run}")
+        return self.unet
+
     @torch.no_grad()
     def restore(self) -> None:
         """Pretrained weights in θ, ψ and the EMA; fresh Adam states; all in place on the device."""

@@ -34,7 +34,7 @@ from ..models.checkpoint import write_json_atomic
 from .hyperparams import ALGO_NAMES, activation_class, load_hyperparams
 from .policy import SB3_ALGOS, export_agent
 
-__all__ = ["TrainResult", "train_agent", "make_training_env"]
+__all__ = ["TrainResult", "train_agent", "make_training_env", "make_batched_training_env"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,27 @@ def make_training_env(
         vec_env_cls=SubprocVecEnv if vec_env == "subproc" else DummyVecEnv,
         vec_env_kwargs={"start_method": "spawn"} if vec_env == "subproc" else None,
     )
+
+
+def make_batched_training_env(env_id: str, env_kwargs: dict, num_envs: int, seed: int):
+    """A ``VecMonitor``-wrapped SB3 VecEnv over one batched vector env of ``num_envs`` runs.
+
+    ``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="vector_entry_point")`` holds the N
+    runs in one engine (one batched update per step); run i is seeded ``seed + i``.
+    """
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from ..env_kwargs import make_kwargs
+    from ..envs.sb3 import SB3VecEnv
+
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is None:
+        raise ValueError(f"--num-envs: {env_id} has no batched vector env; use n_envs copies (the YAML's n_envs)")
+    venv = SB3VecEnv(
+        gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **make_kwargs(env_kwargs))
+    )
+    venv.seed(seed)
+    return VecMonitor(venv)
 
 
 def _checkpoints(directory: Path, prefix: str, suffix: str) -> list[tuple[Path, int]]:
@@ -166,6 +187,7 @@ def train_agent(
     resume: bool = False,
     sample_every: int = 10,
     vec_env: str = "dummy",
+    num_envs: int | None = None,
     verbose: int = 0,
 ) -> TrainResult:
     """Train ``algo`` on ``env_id`` for ``total_timesteps`` env steps and export the agent.
@@ -180,8 +202,17 @@ def train_agent(
             diffusion model's device is the env's ``device`` keyword).
         checkpoint_freq: save a checkpoint every this many env steps (0 = none).
         resume: continue from the newest checkpoint in ``out/checkpoints``.
-        sample_every: log a sample grid to TensorBoard every this many episodes (0 = never).
+        sample_every: log a sample grid to TensorBoard every this many episodes (0 = never; not
+            with ``num_envs``).
+        vec_env: "dummy" or "subproc": how the YAML's ``n_envs`` separate copies run.
+        num_envs: N >= 1: train on one batched vector env of N runs (one engine, one batched
+            update per step; :func:`make_batched_training_env`) instead of ``n_envs`` copies. SB3
+            algorithms only.
     """
+    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
+        raise ValueError(f"num_envs must be None or an int >= 1, got {num_envs!r}")
+    if num_envs is not None and algo == "mcpg":
+        raise ValueError("num_envs: MCPG collects one episode at a time; use an SB3 algorithm (ppo, sac, td3, ddpg)")
     if algo not in ALGO_NAMES:
         raise ValueError(f"algo must be one of {ALGO_NAMES}, got {algo!r}")
     if total_timesteps < 1:
@@ -199,7 +230,7 @@ def train_agent(
     else:
         timesteps = _train_sb3(
             algo, hp, env_id, env_kwargs, total_timesteps, seed, out, device, tensorboard, progress_bar,
-            checkpoint_freq, resume, sample_every, vec_env, verbose,
+            checkpoint_freq, resume, sample_every, vec_env, num_envs, verbose,
         )  # fmt: skip
     seconds = time.perf_counter() - t0
     write_json_atomic(
@@ -209,6 +240,7 @@ def train_agent(
             "env_kwargs": env_kwargs,
             "hyperparams": hp,
             "seed": seed,
+            "num_envs": num_envs,
             "total_timesteps": timesteps,
             "resumed": resume,
             "seconds": round(seconds, 1),
@@ -220,7 +252,7 @@ def train_agent(
 
 def _train_sb3(
     algo, hp, env_id, env_kwargs, total_timesteps, seed, out, device, tensorboard, progress_bar,
-    checkpoint_freq, resume, sample_every, vec_env, verbose,
+    checkpoint_freq, resume, sample_every, vec_env, num_envs, verbose,
 ) -> int:  # fmt: skip
     from stable_baselines3.common.callbacks import CheckpointCallback
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -239,7 +271,11 @@ def _train_sb3(
     if isinstance(policy_kwargs.get("activation_fn"), str):
         policy_kwargs["activation_fn"] = activation_class(policy_kwargs["activation_fn"])
 
-    venv = make_training_env(env_id, env_kwargs, n_envs, seed, sample_every, vec_env)
+    if num_envs is not None:
+        n_envs = num_envs
+        venv = make_batched_training_env(env_id, env_kwargs, num_envs, seed)
+    else:
+        venv = make_training_env(env_id, env_kwargs, n_envs, seed, sample_every, vec_env)
     ckpt_dir = out / "checkpoints"
     off_policy = issubclass(cls, OffPolicyAlgorithm)  # CheckpointCallback saves its replay buffer too
     companions = (("replay_buffer",) if off_policy else ()) + (("vecnormalize",) if normalize else ())

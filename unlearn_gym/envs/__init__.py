@@ -1,6 +1,6 @@
-"""Gymnasium environments (registered at ``import unlearn_gym``) and opt-in wrappers."""
+"""Gymnasium environments (registered at ``import unlearn_gym``), the batched vector env, its SB3 adapter and opt-in wrappers."""
 
-__all__ = ["SISSEnv", "SFDEnv", "HybridEnv", "EpisodeEndSamples"]
+__all__ = ["SISSEnv", "SFDEnv", "HybridEnv", "EpisodeEndSamples", "UnlearningVectorEnv", "SB3VecEnv"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch
@@ -16,6 +16,14 @@ def __getattr__(name):  # lazy: importing the package must not import torch
         from .hybrid_env import HybridEnv
 
         return HybridEnv
+    if name == "UnlearningVectorEnv":
+        from .vector import UnlearningVectorEnv
+
+        return UnlearningVectorEnv
+    if name == "SB3VecEnv":  # needs stable-baselines3
+        from .sb3 import SB3VecEnv
+
+        return SB3VecEnv
     if name == "EpisodeEndSamples":
         from .wrappers import EpisodeEndSamples
 

@@ -67,7 +67,7 @@ class HybridEnv(SISSEnv):
     config_class = HybridEnvConfig
     FEATURE_STATS = ("loss_r", "loss_align", "grad_siss_norm", "grad_align_norm")
 
-    def _make_engine(self, unet, model_config: dict, device: str):
+    def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
         from ..engine import HybridEngine
         from ..objectives.hybrid import HybridConfig
 
@@ -90,4 +90,6 @@ class HybridEnv(SISSEnv):
             probe_size=cfg.probe_size,
             dataset_size=len(scen.retain) + len(scen.forget),
             scheduler_config=model_config.get("scheduler"),
+            num_runs=num_runs,
+            executor=executor,
         )

@@ -255,7 +255,7 @@ class SFDEnv(gym.Env):
 
         n = self.config.render_samples
         images, _ = sample_per_label(
-            self.engine.unet,
+            self.engine.model(),
             self.num_labels,
             n,
             seed=0,
@@ -276,4 +276,4 @@ class SFDEnv(gym.Env):
             "sampler": self.sampler,
             "sfd": {"forget_class": self.config.forget_class, "steps": self.engine.step_count},
         }
-        return save_model(self.engine.unet, directory, config)
+        return save_model(self.engine.model(), directory, config)

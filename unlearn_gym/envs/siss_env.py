@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["SISSEnv", "SISSEnvConfig"]
+__all__ = ["SISSEnv", "SISSEnvConfig", "RunEpisode", "DecodedAction"]
 
 OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", "lam_prev", "progress")
 RESET_OPTIONS = ("instance",)
@@ -41,6 +41,42 @@ def resolve_device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class RunEpisode:
+    """One run's episode bookkeeping: the single env holds one, the vector env one per run."""
+
+    ref: np.ndarray | None = None
+    """The ``FEATURE_STATS`` at reset, then the probe losses p_r⁰, p_f⁰."""
+    t: int = 0
+    """Updates since reset."""
+    lam_prev: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    """λ_{t−1} (the applied action values)."""
+    efficacy_prev: float = 0.0
+    """e_{t−1}."""
+    damage_prev: float = 0.0
+    """d⁺_{t−1}."""
+    needs_reset: bool = True
+    """True before the first reset and after the episode ended."""
+    last_obs: np.ndarray | None = None
+    """The last observation (returned again on a divergent step)."""
+    instance: int | None = None
+    """The instance of the run's forget set (None: the whole forget set)."""
+
+
+@dataclass(frozen=True)
+class DecodedAction:
+    """An action mapped to the update's arguments."""
+
+    lam_vec: np.ndarray
+    """(k,) the applied values in [0, 1] (λ, λ_s or both)."""
+    raw: np.ndarray
+    """(k,) the action as received (float64)."""
+    lam: float
+    """The mixture weight λ of the update."""
+    forget_scale: float
+    """The forget-strength multiplier of S."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +208,21 @@ class SISSEnv(gym.Env):
     """The engine statistics behind the four log-ratio features of the observation."""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        self._setup(render_mode, kwargs, num_runs=1, executor="auto")
+
+    @classmethod
+    def with_runs(cls, num_runs: int, executor: str = "auto", **kwargs: Any):
+        """This env's construction with an engine of ``num_runs`` runs, for the vector env.
+
+        The object holds the config, scenario and N-run engine and provides the per-run action
+        decoding, observation and reward (:meth:`decode_action`, :meth:`begin_episode`,
+        :meth:`advance_episode`); its own ``reset``/``step`` are for N = 1 only.
+        """
+        env = cls.__new__(cls)
+        env._setup(None, kwargs, num_runs=num_runs, executor=executor)
+        return env
+
+    def _setup(self, render_mode: str | None, kwargs: dict, num_runs: int, executor: str) -> None:
         self.config = cfg = parse_env_config(self, self.config_class, kwargs, render_mode)
         self.render_mode = render_mode
 
@@ -184,21 +235,18 @@ class SISSEnv(gym.Env):
         unet, model_config = load_model(checkpoint, device)
         self.scenario = scenario_of_checkpoint(model_config, **(cfg.scenario_kwargs or {}))
         self._full_forget = self.scenario.forget
-        self.engine = self._make_engine(unet, model_config, device)
+        self.engine = self._make_engine(unet, model_config, device, num_runs=num_runs, executor=executor)
         self.device = device
         self._scheduler_config = model_config.get("scheduler")
 
         k = 2 if cfg.action_mode == "both" else 1
         self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
         self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(OBS_NAMES),), np.float32)
-        self._ref: np.ndarray | None = None  # the FEATURE_STATS at reset, then p_r⁰, p_f⁰
-        self._t = 0
-        self._lam_prev = np.zeros(k)
-        self._efficacy_prev = 0.0
-        self._damage_prev = 0.0  # d⁺_{t−1}
-        self._needs_reset = True
-        self._last_obs: np.ndarray | None = None
-        self._instance: int | None = None  # None: the whole forget set
+        self._episode = RunEpisode(lam_prev=np.zeros(k))
+
+    @property
+    def _ref(self) -> np.ndarray | None:
+        return self._episode.ref
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -210,7 +258,7 @@ class SISSEnv(gym.Env):
             objective=cfg.objective, surgery=cfg.surgery, scale=cfg.scale, batch_size=cfg.batch_size, lr=cfg.lr
         )
 
-    def _make_engine(self, unet, model_config: dict, device: str):
+    def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
         from ..engine import UnlearningEngine
 
         return UnlearningEngine(
@@ -222,6 +270,8 @@ class SISSEnv(gym.Env):
             probe_size=self.config.probe_size,
             dataset_size=len(self.scenario.retain) + len(self.scenario.forget),
             scheduler_config=model_config.get("scheduler"),
+            num_runs=num_runs,
+            executor=executor,
         )
 
     def _features(self, stats) -> np.ndarray:
@@ -230,11 +280,16 @@ class SISSEnv(gym.Env):
     def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return log_ratio(value, ref, self.config.obs_clip)
 
-    def _obs(self, feats: np.ndarray, lam_mix: float) -> np.ndarray:
-        feats = self._log_ratio(feats, self._ref[:4])
-        return np.concatenate([feats, [lam_mix, self._t / self.config.horizon]]).astype(np.float32)
+    def _obs(self, ep: RunEpisode, feats: np.ndarray, lam_mix: float) -> np.ndarray:
+        feats = self._log_ratio(feats, ep.ref[:4])
+        return np.concatenate([feats, [lam_mix, ep.t / self.config.horizon]]).astype(np.float32)
 
-    def _lam_from_action(self, action) -> tuple[np.ndarray, np.ndarray]:
+    def decode_action(self, action) -> DecodedAction:
+        """Validate one run's action and map it: λ = (a + 1)/2 clipped to [0, 1], per ``action_mode``.
+
+        Raises:
+            ValueError: the shape is not ``action_space.shape`` or a value is NaN or ±inf.
+        """
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape:
             a = a.reshape(-1) if a.size == self.action_space.shape[0] else a
@@ -242,49 +297,7 @@ class SISSEnv(gym.Env):
             raise ValueError(f"action: expected shape {self.action_space.shape}, got {np.asarray(action).shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {np.asarray(action).tolist()}")
-        return np.clip((a + 1.0) / 2.0, 0.0, 1.0), a
-
-    # -- Gymnasium API -------------------------------------------------------------------------
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - set(RESET_OPTIONS)
-        if unknown:
-            raise ValueError(f"reset: unknown option(s) {sorted(unknown)}; expected some of {list(RESET_OPTIONS)}")
-        instance = options.get("instance")
-        if instance is not None:
-            if not isinstance(instance, (int, np.integer)) or instance < 0:
-                raise ValueError(f"reset: options['instance'] must be an int >= 0, got {instance!r}")
-        if instance != self._instance:  # a new forget set only when the instance changes
-            forget = self._full_forget
-            if instance is not None and self.config.forget_subset is not None:
-                n = min(self.config.forget_subset, len(forget))
-                forget = forget.subset(np.random.default_rng(int(instance)).permutation(len(forget))[:n])
-            self.engine.set_forget(forget)
-            self._instance = instance
-        self.engine.restore()
-        self.engine.seed(int(self.np_random.integers(2**63 - 1)))
-        cfg = self.config
-        lam0 = cfg.mixture_lambda
-        ref = self.engine.evaluate(lam0, 1.0)
-        self._ref = np.concatenate([self._features(ref), [ref.probe_r, ref.probe_f]])
-        self._t = 0
-        self._lam_prev = np.array(
-            [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
-        )
-        self._efficacy_prev = 0.0
-        self._damage_prev = 0.0
-        self._needs_reset = False
-        obs = self._obs(self._ref[:4], lam0)
-        self._last_obs = obs
-        info = {"instance": instance, "reference": ref.as_dict()}
-        return obs, info
-
-    def step(self, action):
-        if self._needs_reset:
-            raise RuntimeError("SISSEnv.step called before reset() or after the episode ended; call reset() first")
-        lam_vec, raw = self._lam_from_action(action)
+        lam_vec = np.clip((a + 1.0) / 2.0, 0.0, 1.0)
         cfg = self.config
         if cfg.action_mode == "mixture":
             lam, forget_scale = float(lam_vec[0]), 1.0
@@ -292,38 +305,86 @@ class SISSEnv(gym.Env):
             lam, forget_scale = cfg.mixture_lambda, float(lam_vec[0]) * cfg.max_scale / max(cfg.scale, 1e-12)
         else:
             lam, forget_scale = float(lam_vec[0]), float(lam_vec[1]) * cfg.max_scale / max(cfg.scale, 1e-12)
-        stats = self.engine.update(lam, forget_scale)
-        self._t += 1
+        return DecodedAction(lam_vec, a, lam, forget_scale)
+
+    def check_reset_options(self, options: dict | None) -> int | None:
+        """The ``instance`` of ``reset(options=...)`` (None: the whole forget set), validated."""
+        options = dict(options or {})
+        unknown = set(options) - set(RESET_OPTIONS)
+        if unknown:
+            raise ValueError(f"reset: unknown option(s) {sorted(unknown)}; expected some of {list(RESET_OPTIONS)}")
+        instance = options.get("instance")
+        if instance is not None:
+            if not isinstance(instance, (int, np.integer)) or isinstance(instance, bool) or instance < 0:
+                raise ValueError(f"reset: options['instance'] must be an int >= 0, got {instance!r}")
+        return instance
+
+    def select_instance(self, ep: RunEpisode, instance: int | None, run: int = 0) -> None:
+        """Give run ``run`` instance ``instance``'s forget set (a new set only when the instance changes)."""
+        if instance != ep.instance:
+            forget = self._full_forget
+            if instance is not None and self.config.forget_subset is not None:
+                n = min(self.config.forget_subset, len(forget))
+                forget = forget.subset(np.random.default_rng(int(instance)).permutation(len(forget))[:n])
+            self.engine.set_forget(forget, runs=[run])
+            ep.instance = instance
+
+    def begin_episode(self, ep: RunEpisode, ref) -> tuple[np.ndarray, dict]:
+        """Start ``ep`` from the reset statistics ``ref`` (the engine's evaluation at λ_{−1}): (obs, info)."""
+        cfg = self.config
+        lam0 = cfg.mixture_lambda
+        ep.ref = np.concatenate([self._features(ref), [ref.probe_r, ref.probe_f]])
+        ep.t = 0
+        ep.lam_prev = np.array(
+            [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
+        )
+        ep.efficacy_prev = 0.0
+        ep.damage_prev = 0.0
+        ep.needs_reset = False
+        obs = self._obs(ep, ep.ref[:4], lam0)
+        ep.last_obs = obs
+        return obs, {"instance": ep.instance, "reference": ref.as_dict()}
+
+    def advance_episode(
+        self, ep: RunEpisode, decoded: DecodedAction, stats, limit: int | None = None
+    ) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Advance ``ep`` by the update that gave ``stats``: (obs, reward, terminated, truncated, info).
+
+        ``limit``: the step that truncates (default ``horizon``).
+        """
+        cfg = self.config
+        lam_vec, lam, forget_scale = decoded.lam_vec, decoded.lam, decoded.forget_scale
+        ep.t += 1
         info: dict[str, Any] = {
             "lam": lam,
             "forget_scale_S": forget_scale * cfg.scale,
-            "action_clipped": bool(np.any(np.abs(raw) > 1.0)),
-            "step": self._t,
+            "action_clipped": bool(np.any(np.abs(decoded.raw) > 1.0)),
+            "step": ep.t,
             **stats.as_dict(),
         }
-        smooth = cfg.alpha * float(np.abs(lam_vec - self._lam_prev).sum())
+        smooth = cfg.alpha * float(np.abs(lam_vec - ep.lam_prev).sum())
         if not stats.finite:
             info |= {"diverged": True, "efficacy": float("nan"), "degradation": float("nan")}
             info |= {"reward_efficacy_gain": 0.0, "reward_smoothness": -smooth, "reward_degradation": 0.0}
-            self._needs_reset = True
-            return self._last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
-        efficacy = float(self._log_ratio(np.array([stats.probe_f]), self._ref[5:6])[0])
-        degradation = float(self._log_ratio(np.array([stats.probe_r]), self._ref[4:5])[0])
-        gain = efficacy - self._efficacy_prev
+            ep.needs_reset = True
+            return ep.last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
+        efficacy = float(self._log_ratio(np.array([stats.probe_f]), ep.ref[5:6])[0])
+        degradation = float(self._log_ratio(np.array([stats.probe_r]), ep.ref[4:5])[0])
+        gain = efficacy - ep.efficacy_prev
         damage = max(0.0, degradation)
         if cfg.degradation_penalty == "increment":
-            penalty = cfg.beta * (damage - self._damage_prev)
+            penalty = cfg.beta * (damage - ep.damage_prev)
         else:
             penalty = cfg.beta * damage
         reward = gain - smooth - penalty
-        self._efficacy_prev = efficacy
-        self._damage_prev = damage
-        self._lam_prev = lam_vec
-        obs = self._obs(self._features(stats), lam)
-        self._last_obs = obs
-        truncated = self._t >= cfg.horizon
+        ep.efficacy_prev = efficacy
+        ep.damage_prev = damage
+        ep.lam_prev = lam_vec
+        obs = self._obs(ep, self._features(stats), lam)
+        ep.last_obs = obs
+        truncated = ep.t >= (cfg.horizon if limit is None else limit)
         if truncated:
-            self._needs_reset = True
+            ep.needs_reset = True
         info |= {
             "diverged": False,
             "efficacy": efficacy,
@@ -333,6 +394,24 @@ class SISSEnv(gym.Env):
             "reward_degradation": -penalty,
         }
         return obs, float(reward), False, truncated, info
+
+    # -- Gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        instance = self.check_reset_options(options)
+        self.select_instance(self._episode, instance)
+        self.engine.restore()
+        self.engine.seed(int(self.np_random.integers(2**63 - 1)))
+        ref = self.engine.evaluate(self.config.mixture_lambda, 1.0)[0]
+        return self.begin_episode(self._episode, ref)
+
+    def step(self, action):
+        if self._episode.needs_reset:
+            raise RuntimeError("SISSEnv.step called before reset() or after the episode ended; call reset() first")
+        decoded = self.decode_action(action)
+        stats = self.engine.update(decoded.lam, decoded.forget_scale)[0]
+        return self.advance_episode(self._episode, decoded, stats)
 
     def render(self):
         """An H×W×3 uint8 grid: one row per label, ``render_samples`` DDIM samples each."""
@@ -345,7 +424,7 @@ class SISSEnv(gym.Env):
         # A fixed seed: every render shows the same initial noise, so successive frames show how
         # the model changed; and rendering leaves the env's RNG untouched.
         images, _ = sample_per_label(
-            self.engine.unet,
+            self.engine.model(),
             self.scenario.num_labels,
             self.config.render_samples,
             seed=0,

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
+from .common import as_scalar, global_norm, gradient
 from .sfd import teacher_eps
-from .siss import SISSBatch, SISSConfig, global_norm, siss_objective, surgery_coefficients
+from .siss import SISSBatch, SISSConfig, siss_objective, surgery_coefficients
 
 __all__ = ["HybridConfig", "HybridResult", "hybrid_objective"]
 
@@ -70,7 +71,7 @@ def hybrid_objective(
     params: dict[str, torch.Tensor],
     teacher_params: dict[str, torch.Tensor],
     batch: SISSBatch,
-    lam: float,
+    lam: torch.Tensor | float,
     gamma: torch.Tensor,
     sigma: torch.Tensor,
     config: HybridConfig,
@@ -99,22 +100,20 @@ def hybrid_objective(
     a_t = g * batch.a + s * batch.eps
     with torch.no_grad():
         eps_target = teacher_eps(unet, teacher_params, a_t, batch.t, target)
-    eps_hat = functional_call(unet, params, (a_t, batch.t), {"class_labels": batch.y_a}).sample
-    loss_align = (eps_hat - eps_target).pow(2).flatten(1).sum(1).mean()
-    p = tuple(params.values())
-    g_al = torch.autograd.grad(loss_align, p, allow_unused=True)
-    g_al = tuple(torch.zeros_like(q) if gr is None else gr for gr, q in zip(g_al, p))
+
+    def align(p):
+        eps_hat = functional_call(unet, p, (a_t, batch.t), {"class_labels": batch.y_a}).sample
+        return (eps_hat - eps_target).pow(2).flatten(1).sum(1).mean()
+
+    loss_align, g_al = gradient(align, params)
     w = config.align_weight
-    grads = tuple(
-        torch._foreach_add(
-            torch._foreach_mul(list(siss.grads), 2.0 * (1.0 - lam)), torch._foreach_mul(list(g_al), 2.0 * lam * w)
-        )
-    )
+    c_s, c_al = as_scalar(2.0 * (1.0 - lam), loss_align), as_scalar(2.0 * lam * w, loss_align)
+    grads = tuple(gs * c_s + ga * c_al for gs, ga in zip(siss.grads, g_al))
     return HybridResult(
         grads=grads,
         loss_x=siss.loss_x,
         loss_a=siss.loss_a,
-        loss_align=loss_align.detach(),
+        loss_align=loss_align,
         grad_siss_norm=global_norm(siss.grads),
         grad_align_norm=global_norm(g_al),
         forget_share=siss.forget_share,

@@ -24,8 +24,10 @@ exact recipe (DESIGN §5), per step with batch B:
    ``docs/variance.md``), from the per-sample weights and errors of steps 5–6 (no extra pass).
 
 Every function here is pure: it reads a model through ``torch.func.functional_call`` with the
-parameters it is given (so a stack of runs can be ``vmap``-ed later), draws nothing at random,
-and returns tensors without copying them to the host.
+parameters it is given (so the engine can map it over a stack of runs with ``vmap`` or a loop),
+draws nothing at random, and returns tensors without copying them to the host. λ and the forget
+strength may be Python floats or float64 0-d tensors (one run's entry of a batch); both compute
+the same numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Literal
 
 import torch
 from torch.func import functional_call
+
+from .common import as_scalar, global_norm, two_gradients
 
 __all__ = [
     "SISSConfig",
@@ -306,11 +310,6 @@ def draw_batch(
     return SISSBatch(x, retain_labels[ix], forget_images[ia], forget_labels[ia], t, eps, u, target)
 
 
-def global_norm(tensors: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
-    """‖(g_1, …, g_P)‖₂ over all entries of all tensors."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
-
-
 def importance_log_weights(
     d_x: torch.Tensor, d_a: torch.Tensor, log_lam: torch.Tensor, log_one_minus_lam: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,21 +338,13 @@ def _sq_err(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).pow(2).flatten(1).sum(1)
 
 
-def _two_grads(loss_x: torch.Tensor, loss_a: torch.Tensor, params: dict[str, torch.Tensor]):
-    p = tuple(params.values())
-    g_x = torch.autograd.grad(loss_x, p, retain_graph=True, allow_unused=True)
-    g_a = torch.autograd.grad(loss_a, p, allow_unused=True)
-    g_x = tuple(torch.zeros_like(q) if g is None else g for g, q in zip(g_x, p))
-    g_a = tuple(torch.zeros_like(q) if g is None else g for g, q in zip(g_a, p))
-    return g_x, g_a
-
-
 def norm_surgery(
     g_x: tuple[torch.Tensor, ...], g_a: tuple[torch.Tensor, ...], scale: torch.Tensor | float, grad_a_norm: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """g = g_x − (S/‖g_a‖)·g_a, with S/‖g_a‖ := 0 when ‖g_a‖ = 0."""
-    coef = torch.where(grad_a_norm > 0, scale / grad_a_norm.clamp_min(torch.finfo(grad_a_norm.dtype).tiny), 0.0)
-    return tuple(torch._foreach_add(list(g_x), torch._foreach_mul(list(g_a), -coef)))
+    inv = grad_a_norm.clamp_min(torch.finfo(grad_a_norm.dtype).tiny).reciprocal()
+    coef = torch.where(grad_a_norm > 0, inv * as_scalar(scale, grad_a_norm), 0.0)
+    return tuple(gx + ga * -coef for gx, ga in zip(g_x, g_a))
 
 
 def surgery_coefficients(
@@ -369,15 +360,15 @@ def surgery_coefficients(
     "superfactor": c_x = n/(n−k), c_a = forget_scale·(1+s)·k/(n−k) (n = ``dataset_size``, k = ``forget_size``).
     """
     if config.surgery == "norm":
-        tiny = torch.finfo(grad_a_norm.dtype).tiny
-        c_a = torch.where(grad_a_norm > 0, config.scale * forget_scale / grad_a_norm.clamp_min(tiny), 0.0)
+        inv = grad_a_norm.clamp_min(torch.finfo(grad_a_norm.dtype).tiny).reciprocal()
+        c_a = torch.where(grad_a_norm > 0, inv * as_scalar(config.scale * forget_scale, grad_a_norm), 0.0)
         return 1.0, c_a
     if dataset_size is None or forget_size is None or dataset_size <= forget_size:
         raise ValueError(
             f"superfactor surgery needs dataset_size n > forget_size k, got n={dataset_size}, k={forget_size}"
         )
     c_x = dataset_size / (dataset_size - forget_size)
-    c_a = (1 + config.superfactor) * forget_size / (dataset_size - forget_size) * forget_scale
+    c_a = as_scalar((1 + config.superfactor) * forget_size / (dataset_size - forget_size) * forget_scale, grad_a_norm)
     return c_x, c_a
 
 
@@ -398,7 +389,7 @@ def surgery(
     if config.surgery == "norm":
         return norm_surgery(g_x, g_a, config.scale * forget_scale, grad_a_norm)
     c_x, c_a = surgery_coefficients(grad_a_norm, config, forget_scale, dataset_size, forget_size)
-    return tuple(torch._foreach_add(torch._foreach_mul(list(g_x), c_x), torch._foreach_mul(list(g_a), -c_a)))
+    return tuple(gx * c_x + ga * -c_a for gx, ga in zip(g_x, g_a))
 
 
 def siss_objective(
@@ -431,12 +422,10 @@ def siss_objective(
     x_t = g * batch.x + s * batch.eps
     a_t = g * batch.a + s * batch.eps
     # 2. the λ-mixture: pair i takes a_t when u_i < λ
-    lam_t = torch.as_tensor(lam, dtype=x_t.dtype, device=x_t.device)
+    lam_t = as_scalar(lam, x_t)
     take_a = batch.u < lam_t
     m_t = torch.where(take_a.view(-1, 1, 1, 1), a_t, x_t)
     y = torch.where(take_a, batch.y_a, batch.y_x)
-    # 3. one forward
-    eps_hat = functional_call(unet, params, (m_t, batch.t), {"class_labels": y}).sample
     # 4. targets
     eps_x = (m_t - g * batch.x) / s
     eps_a = (m_t - g * batch.a) / s
@@ -445,24 +434,30 @@ def siss_objective(
     d_a = _sq_err(m_t, g * batch.a) / (2 * s.view(-1) ** 2)
     log_w_x, log_w_a = importance_log_weights(d_x, d_a, *log_lambda_pair(lam, d_x))
     w_x, w_a = log_w_x.exp(), log_w_a.exp()
-    # 6. weighted losses; and, the samples held fixed, ∂w_x/∂λ = −w_x(w_a − w_x), ∂w_a/∂λ = −w_a(w_a − w_x)
-    err_x, err_a = _sq_err(eps_hat, eps_x), _sq_err(eps_hat, eps_a)
-    loss_x = (w_x * err_x).mean()
-    loss_a = (w_a * err_a).mean()
-    dlx = (-w_x * (w_a - w_x) * err_x.detach()).mean()
-    dla = (-w_a * (w_a - w_x) * err_a.detach()).mean()
+
+    # 3. one forward; 6. weighted losses
+    def forward(p):
+        return functional_call(unet, p, (m_t, batch.t), {"class_labels": y}).sample
+
+    def losses(eps_hat):
+        err_x, err_a = _sq_err(eps_hat, eps_x), _sq_err(eps_hat, eps_a)
+        return (w_x * err_x).mean(), (w_a * err_a).mean(), (err_x.detach(), err_a.detach())
+
     # 7. two gradients through the one forward
-    g_x, g_a = _two_grads(loss_x, loss_a, params)
+    loss_x, loss_a, g_x, g_a, (err_x, err_a) = two_gradients(forward, params, losses)
+    # the samples held fixed, ∂w_x/∂λ = −w_x(w_a − w_x), ∂w_a/∂λ = −w_a(w_a − w_x)
+    dlx = (-w_x * (w_a - w_x) * err_x).mean()
+    dla = (-w_a * (w_a - w_x) * err_a).mean()
     n_x, n_a = global_norm(g_x), global_norm(g_a)
     # 8. surgery
     grads = surgery(g_x, g_a, n_a, config, forget_scale, dataset_size, forget_size)
     c_x, c_a = surgery_coefficients(n_a, config, forget_scale, dataset_size, forget_size)
     # 9. the estimates' variances and their λ-derivatives, from the same weights and errors
-    variances = estimator_variances(log_w_x, log_w_a, err_x.detach(), err_a.detach(), c_x, c_a)
+    variances = estimator_variances(log_w_x, log_w_a, err_x, err_a, c_x, c_a)
     return ObjectiveResult(
         grads=grads,
-        loss_x=loss_x.detach(),
-        loss_a=loss_a.detach(),
+        loss_x=loss_x,
+        loss_a=loss_a,
         grad_x_norm=n_x,
         grad_a_norm=n_a,
         forget_share=take_a.to(x_t.dtype).mean(),
@@ -482,17 +477,18 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
     s = sigma[batch.t].view(-1, 1, 1, 1)
     x_t = g * batch.x + s * batch.eps
     a_t = g * batch.a + s * batch.eps
-    out = functional_call(
-        unet,
-        params,
-        (torch.cat([x_t, a_t]), torch.cat([batch.t, batch.t])),
-        {"class_labels": torch.cat([batch.y_x, batch.y_a])},
-    ).sample
-    eps_hat_x, eps_hat_a = out.chunk(2)
-    loss_x = _sq_err(eps_hat_x, batch.eps).mean()
-    loss_a = _sq_err(eps_hat_a, forget_target).mean()
-    g_x, g_a = _two_grads(loss_x, loss_a, params)
-    return loss_x.detach(), loss_a.detach(), g_x, g_a
+    inputs = (torch.cat([x_t, a_t]), torch.cat([batch.t, batch.t]))
+    labels = torch.cat([batch.y_x, batch.y_a])
+
+    def forward(p):
+        return functional_call(unet, p, inputs, {"class_labels": labels}).sample
+
+    def losses(out):
+        eps_hat_x, eps_hat_a = out.chunk(2)
+        return _sq_err(eps_hat_x, batch.eps).mean(), _sq_err(eps_hat_a, forget_target).mean(), ()
+
+    loss_x, loss_a, g_x, g_a, _ = two_gradients(forward, params, losses)
+    return loss_x, loss_a, g_x, g_a
 
 
 def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
@@ -520,7 +516,8 @@ def neggrad_objective(
 ):
     """NegGrad: loss = −s·ℓ_a, i.e. g = −s·g_a (ℓ_x and ‖g_x‖ are computed for the statistics only)."""
     loss_x, loss_a, g_x, g_a = _paired_gradients(unet, params, batch, gamma, sigma, batch.eps)
-    grads = torch._foreach_mul(list(g_a), -config.neggrad_scale * forget_scale)
+    coef = as_scalar(-config.neggrad_scale * forget_scale, loss_a)
+    grads = [ga * coef for ga in g_a]
     return _result(grads, loss_x, loss_a, global_norm(g_x), global_norm(g_a), 1.0)
 
 
@@ -537,8 +534,8 @@ def erasediff_objective(
     n_x, n_a = global_norm(g_x), global_norm(g_a)
     dot = torch.stack([(gx * ga).sum() for gx, ga in zip(g_x, g_a)]).sum()
     coef = torch.clamp(config.erasediff_eta - dot / n_a.pow(2).clamp_min(torch.finfo(n_a.dtype).tiny), min=0.0)
-    coef = torch.where(n_a > 0, coef * forget_scale, 0.0)
-    grads = torch._foreach_add(list(g_x), torch._foreach_mul(list(g_a), coef))
+    coef = torch.where(n_a > 0, coef * as_scalar(forget_scale, coef), 0.0)
+    grads = [gx + ga * coef for gx, ga in zip(g_x, g_a)]
     return _result(grads, loss_x, loss_a, n_x, n_a, 0.5)
 
 
