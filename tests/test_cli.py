@@ -225,5 +225,5 @@ def test_perf_num_envs_reports_batched_steps(capsys):
         assert r["speedup_vs_sequential"] == pytest.approx(r["num_envs"] * res["single_ms"] / r["batched_ms"], rel=1e-2)
     with pytest.raises(SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop'\], got \['gpu'\]"):
         main(argv + ["--num-envs", "2", "--executor", "gpu"])
-    with pytest.raises(SystemExit, match="--num-envs expected integers >= 1, got '0,2'"):
+    with pytest.raises(SystemExit, match="--num-envs: expected integers >= 1, got '0,2'"):
         main(argv + ["--num-envs", "0,2"])

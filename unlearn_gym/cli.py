@@ -655,13 +655,16 @@ def _add_ray_args(p) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray trial declares (0.5: two per GPU)")
 
 
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
+def _int_list(text: str, flag: str, minimum: int | None = None) -> tuple[int, ...]:
+    """Comma-separated integers of a CLI option (at least one; each ≥ ``minimum`` when given)."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise SystemExit(f"error: {flag}: expected comma-separated integers, e.g. 0,1,2, got {text!r}") from None
     if not values:
         raise SystemExit(f"error: {flag}: expected comma-separated integers, e.g. 0,1,2, got {text!r}")
+    if minimum is not None and min(values) < minimum:
+        raise SystemExit(f"error: {flag}: expected integers >= {minimum}, got {text!r}")
     return values
 
 
@@ -712,16 +715,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # -- perf ----------------------------------------------------------------------------------------
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise SystemExit(f"error: {option} expected comma-separated integers, e.g. 1,4,16, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise SystemExit(f"error: {option} expected integers >= 1, got {text!r}")
-    return values
-
-
 def cmd_perf(args: argparse.Namespace) -> int:
     """Time a plain DDPM step, the SISS update and env.step; with --num-envs, N batched runs per executor."""
     from .engine import EXECUTORS
@@ -742,7 +735,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if bad:
         raise SystemExit(f"error: --executor expected some of {list(EXECUTORS)}, got {bad}")
     result = profile_runs(
-        args.preset, args.batch, device, _int_list(args.num_envs, "--num-envs"), executors, args.repeats
+        args.preset, args.batch, device, _int_list(args.num_envs, "--num-envs", minimum=1), executors, args.repeats
     )
     if args.json:
         print(json.dumps(result))
