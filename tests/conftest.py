@@ -18,6 +18,16 @@ def _few_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny batched models step fastest so; two OpenMP threads on a
+    busy 2-core machine stall)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def default_scenario():
     from unlearn_gym.data import load_scenario

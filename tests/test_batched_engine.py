@@ -41,13 +41,7 @@ def _script(engine, lams, seeds, reset_run):
     return rows, {n: p.clone() for n, p in engine.params.items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models step fastest on one thread; two OpenMP threads on a busy 2-core machine stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("kind", ["siss", "hybrid"])

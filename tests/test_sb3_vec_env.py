@@ -14,13 +14,7 @@ from unlearn_gym.envs.sb3 import SB3VecEnv
 KW = dict(batch_size=2, probe_size=1, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models step fastest on one thread; two OpenMP threads on a busy 2-core machine stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sb3(checkpoint, num_envs, **kwargs):

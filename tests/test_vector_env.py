@@ -15,13 +15,7 @@ KW = dict(batch_size=2, probe_size=1, device="cpu", horizon=6)
 VMAP_TOL = dict(rtol=1e-3, atol=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models step fastest on one thread; two OpenMP threads on a busy 2-core machine stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_vec(checkpoint, env_id="unlearn_gym/SISS-v0", num_envs=2, **kwargs):
