@@ -10,12 +10,27 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["as_scalar", "global_norm", "gradient", "two_gradients"]
+__all__ = ["as_scalar", "forward_noise", "global_norm", "gradient", "two_gradients"]
 
 
 def global_norm(tensors: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
     """‖(g_1, …, g_P)‖₂ over all entries of all tensors (the norm of ``clip_grad_norm_``, in its order)."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def forward_noise(
+    x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """x_t = γ_t·x_0 + σ_t·ε, the forward (noising) process q(x_t | x_0) of the DDPM.
+
+    Args:
+        x0: (B, C, H, W) clean images.
+        t: (B,) int64 timesteps.
+        eps: (B, C, H, W) standard normal noise ε.
+        gamma, sigma: (T,) γ_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) of the schedule.
+    """
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return gamma[t].view(shape) * x0 + sigma[t].view(shape) * eps
 
 
 def as_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
