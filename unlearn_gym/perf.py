@@ -59,6 +59,7 @@ def profile_step(
     from .envs.siss_env import SISSEnv
     from .models.checkpoint import save_model
     from .models.unet import PRESETS, make_unet, noise_schedule, scheduler_config
+    from .objectives.common import forward_noise
     from .objectives.siss import SISSConfig
 
     dev = torch.device(device)
@@ -79,7 +80,7 @@ def profile_step(
         idx = torch.randint(len(images), (batch_size,), generator=g, device=dev)
         t = torch.randint(1000, (batch_size,), generator=g, device=dev)
         eps = torch.randn((batch_size, 1, 28, 28), generator=g, device=dev)
-        x_t = gamma[t].view(-1, 1, 1, 1) * images[idx] + sigma[t].view(-1, 1, 1, 1) * eps
+        x_t = forward_noise(images[idx], t, eps, gamma, sigma)
         loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()

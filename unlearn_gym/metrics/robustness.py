@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from ..data.scenarios import ImageSet, Scenario
 from ..models.unet import noise_schedule
+from ..objectives.common import forward_noise
 from .forget import evaluate_model
 
 __all__ = [
@@ -360,8 +361,8 @@ def denoising_losses(
             y = labels[start : start + batch_size].to(p.device)
             for k, t in enumerate(timesteps):
                 eps = noises[k].expand_as(x0)
-                x_t = gamma[t] * x0 + sigma[t] * eps
                 tt = torch.full((len(x0),), t, device=p.device, dtype=torch.long)
+                x_t = forward_noise(x0, tt, eps, gamma, sigma)
                 err = (unet(x_t, tt, class_labels=y).sample - eps).pow(2).flatten(1).mean(1)
                 out[start : start + len(x0), k] = err.float().cpu()
                 if progress is not None:
@@ -688,7 +689,7 @@ def ddpm_finetune_step(
     """
     t = torch.randint(gamma.shape[0], (len(x0),), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = gamma[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
+    x_t = forward_noise(x0, t, eps, gamma, sigma)
     loss = F.mse_loss(unet(x_t, t, class_labels=y).sample, eps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.scenarios import Scenario
+from ..objectives.common import forward_noise
 from .checkpoint import load_tensors, save_model, save_tensors_atomic
 from .unet import PRESETS, UNetConfig, make_unet, noise_schedule, scheduler_config
 
@@ -231,7 +232,7 @@ def pretrain(
         t = torch.randint(sched.num_timesteps, (config.batch_size,), generator=noise_gen, device=device)
         eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         # 2. forward diffusion x_t = γ_t x₀ + σ_t ε
-        x_t = gamma[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
+        x_t = forward_noise(x0, t, eps, gamma, sigma)
         # 3. ε-prediction loss and an AdamW step at the scheduled learning rate
         loss = F.mse_loss(unet(x_t, t, class_labels=y).sample, eps)
         opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
-from .common import as_scalar, global_norm, gradient
+from .common import as_scalar, forward_noise, global_norm, gradient
 from .sfd import teacher_eps
 from .siss import SISSBatch, SISSConfig, siss_objective, surgery_coefficients
 
@@ -95,9 +95,7 @@ def hybrid_objective(
     )
     c_x, c_a = surgery_coefficients(siss.grad_a_norm, cfg, forget_scale, dataset_size, forget_size)
     loss_siss = c_x * siss.loss_x - c_a * siss.loss_a
-    g = gamma[batch.t].view(-1, 1, 1, 1)
-    s = sigma[batch.t].view(-1, 1, 1, 1)
-    a_t = g * batch.a + s * batch.eps
+    a_t = forward_noise(batch.a, batch.t, batch.eps, gamma, sigma)
     with torch.no_grad():
         eps_target = teacher_eps(unet, teacher_params, a_t, batch.t, target)
 

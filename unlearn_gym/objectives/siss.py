@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from torch.func import functional_call
 
-from .common import as_scalar, global_norm, two_gradients
+from .common import as_scalar, forward_noise, global_norm, two_gradients
 
 __all__ = [
     "SISSConfig",
@@ -417,16 +417,16 @@ def siss_objective(
         dataset_size, forget_size: n and k of "superfactor" surgery.
     """
     # 1. noisy pairs x_t, a_t with shared t and ε
-    g = gamma[batch.t].view(-1, 1, 1, 1)
-    s = sigma[batch.t].view(-1, 1, 1, 1)
-    x_t = g * batch.x + s * batch.eps
-    a_t = g * batch.a + s * batch.eps
+    x_t = forward_noise(batch.x, batch.t, batch.eps, gamma, sigma)
+    a_t = forward_noise(batch.a, batch.t, batch.eps, gamma, sigma)
     # 2. the λ-mixture: pair i takes a_t when u_i < λ
     lam_t = as_scalar(lam, x_t)
     take_a = batch.u < lam_t
     m_t = torch.where(take_a.view(-1, 1, 1, 1), a_t, x_t)
     y = torch.where(take_a, batch.y_a, batch.y_x)
     # 4. targets
+    g = gamma[batch.t].view(-1, 1, 1, 1)
+    s = sigma[batch.t].view(-1, 1, 1, 1)
     eps_x = (m_t - g * batch.x) / s
     eps_a = (m_t - g * batch.a) / s
     # 5. importance weights (independent of θ)
@@ -473,10 +473,8 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
 
     The two forwards (x_t and a_t) run as one UNet call on the 2B stacked inputs.
     """
-    g = gamma[batch.t].view(-1, 1, 1, 1)
-    s = sigma[batch.t].view(-1, 1, 1, 1)
-    x_t = g * batch.x + s * batch.eps
-    a_t = g * batch.a + s * batch.eps
+    x_t = forward_noise(batch.x, batch.t, batch.eps, gamma, sigma)
+    a_t = forward_noise(batch.a, batch.t, batch.eps, gamma, sigma)
     inputs = (torch.cat([x_t, a_t]), torch.cat([batch.t, batch.t]))
     labels = torch.cat([batch.y_x, batch.y_a])
 
