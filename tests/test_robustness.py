@@ -29,6 +29,7 @@ from unlearn_gym.metrics.robustness import (
     tpr_at_fpr,
 )
 from unlearn_gym.models.unet import make_unet, noise_schedule
+from unlearn_gym.objectives.common import forward_noise
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +167,7 @@ def test_a_model_fine_tuned_hard_on_16_images_gives_them_away(default_scenario):
     for _ in range(300):
         t = torch.randint(150, 301, (len(x0),), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
-        x_t = gamma[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
+        x_t = forward_noise(x0, t, eps, gamma, sigma)
         loss = F.mse_loss(unet(x_t, t, class_labels=y).sample, eps)
         opt.zero_grad()
         loss.backward()
