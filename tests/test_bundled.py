@@ -1,5 +1,6 @@
 """The bundled default model, classifier and PPO agent: present, loadable, and as documented."""
 
+import pytest
 import torch
 
 from unlearn_gym.assets import bundled_classifier_dir, bundled_model_dir
@@ -7,6 +8,9 @@ from unlearn_gym.data import ImageSet
 from unlearn_gym.metrics.classifier import classifier_accuracy, load_classifier
 from unlearn_gym.metrics.forget import evaluate_model
 from unlearn_gym.models import load_model
+
+# 200 DDIM samples of the tiny UNet: one thread takes 8.5 s where two take 87 s on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundled_classifier_heldout_accuracy(default_scenario):
