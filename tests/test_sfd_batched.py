@@ -1,0 +1,53 @@
+"""SFD with a run axis: the N-run SFD engine and SFD-v0 in the vector env."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import unlearn_gym  # noqa: F401  (registers the envs)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# A 10-step SFD-v0 trajectory recorded with the one-run SFDEngine of commit 7d58021 (torch.optim.Adam
+# on modules) on the tiny checkpoint, one CPU thread: the N-run engine must reproduce it. On the
+# machine that recorded it the match is exact; the tolerance (1e-6 relative) leaves room for
+# another CPU's kernels.
+GOLDEN_OBS = [
+    [0.0, 0.0, 0.0, 0.0, 0.5, 0.0],
+    [0.05406888, -0.62534225, 6.2794185, 1.2751576, 0.5, 0.1],
+    [-0.045787737, -0.51902187, 6.9292135, 1.4119875, 0.9207355, 0.2],
+    [0.52109796, -0.08737096, 6.157446, 1.8224361, 0.95464873, 0.3],
+    [0.0020836608, -1.2447162, 5.391751, 0.5060668, 0.57056, 0.4],
+    [-0.64228034, -0.27311468, 5.9932885, 1.6588696, 0.12159875, 0.5],
+    [1.4844153, -0.69633347, 7.1545625, 2.454117, 0.020537853, 0.6],
+    [-0.313077, -0.89712715, 6.4162326, 1.5473593, 0.36029226, 0.7],
+    [0.39322987, -0.7969838, 6.2134595, 1.1838093, 0.8284933, 0.8],
+    [1.1054585, -0.5360575, 7.2553377, 2.0030277, 0.9946791, 0.9],
+    [0.53126127, -0.91903484, 4.973579, 1.4396569, 0.7060592, 1.0],
+]
+GOLDEN_REWARDS = [
+    -0.0004951082901243353, -0.0036967434046573542, -0.00034548906133522904, -0.0038344032997335376,
+    -0.0044894849523610956, -0.00101498805316524, -0.007146908159659233, -0.002167450170964003,
+    -0.0013940193178132176, -0.0031093155918642877,
+]  # fmt: skip
+GOLDEN_PARAM_SUM, GOLDEN_PARAM_SQ = 719.3393568679362, 2000.768818838527
+"""Σθ and Σθ² (float64) of the generator after the 10 steps."""
+
+
+def test_sfd_v0_reproduces_the_one_run_engine(tiny_checkpoint):
+    env = gym.make(
+        "unlearn_gym/SFD-v0", checkpoint=str(tiny_checkpoint), device="cpu", batch_size=2, probe_size=1,
+        horizon=10, lr=1e-3, action_mode="both",
+    )  # fmt: skip
+    obs, _ = env.reset(seed=3)
+    trace, rewards = [obs], []
+    for i in range(10):
+        obs, r, _, _, _ = env.step(np.sin(i + 0.7 * np.arange(10)).astype(np.float32))
+        trace.append(obs)
+        rewards.append(r)
+    np.testing.assert_allclose(np.stack(trace), GOLDEN_OBS, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rewards, GOLDEN_REWARDS, rtol=1e-6, atol=1e-12)
+    theta = torch.cat([p.detach().double().flatten() for p in env.unwrapped.engine.model().parameters()])
+    assert theta.sum().item() == pytest.approx(GOLDEN_PARAM_SUM, rel=1e-6)
+    assert theta.pow(2).sum().item() == pytest.approx(GOLDEN_PARAM_SQ, rel=1e-6)
