@@ -198,7 +198,7 @@ class SFDEnv(gym.Env):
         self.engine.restore()
         self.engine.seed(int(self.np_random.integers(2**63 - 1)))
         cfg = self.config
-        ref = self.engine.evaluate(cfg.mixture_lambda, None, cfg.override_class)
+        ref = self.engine.evaluate(cfg.mixture_lambda, None, cfg.override_class)[0]
         self._ref = ref.as_array()
         self._t = 0
         self._lam_prev = cfg.mixture_lambda
@@ -213,7 +213,7 @@ class SFDEnv(gym.Env):
             raise RuntimeError("SFDEnv.step called before reset() or after the episode ended; call reset() first")
         cfg = self.config
         lam, weights, _ = self._decode(action)
-        stats = self.engine.update(lam, weights, cfg.override_class)
+        stats = self.engine.update(lam, weights, cfg.override_class)[0]
         self._t += 1
         smooth = cfg.alpha * abs(lam - self._lam_prev)
         info: dict[str, Any] = {"lam": lam, "step": self._t, **stats.as_dict()}
@@ -274,6 +274,6 @@ class SFDEnv(gym.Env):
         config = {
             **self.model_config,
             "sampler": self.sampler,
-            "sfd": {"forget_class": self.config.forget_class, "steps": self.engine.step_count},
+            "sfd": {"forget_class": self.config.forget_class, "steps": int(self.engine.step_count[0])},
         }
         return save_model(self.engine.model(), directory, config)
