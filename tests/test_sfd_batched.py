@@ -51,3 +51,87 @@ def test_sfd_v0_reproduces_the_one_run_engine(tiny_checkpoint):
     theta = torch.cat([p.detach().double().flatten() for p in env.unwrapped.engine.model().parameters()])
     assert theta.sum().item() == pytest.approx(GOLDEN_PARAM_SUM, rel=1e-6)
     assert theta.pow(2).sum().item() == pytest.approx(GOLDEN_PARAM_SQ, rel=1e-6)
+
+
+KW = dict(batch_size=2, probe_size=1, device="cpu", horizon=6, lr=1e-3, action_mode="both")
+LR = KW["lr"]
+SEEDS = [11, 12]
+# float32 on the CPU: "loop" reproduces the single env bit for bit. "vmap" runs batched kernels:
+# at reset ψ = θ = the teacher, so ℓ_remain and ‖∇ℓ_remain‖ are rounding noise (~1e-4) and their
+# log features agree to atol 1e-3; rewards (differences of classifier probabilities) to atol 1e-6;
+# weights to 2·lr per update (Adam with β₁ = 0 steps ±lr on a near-zero gradient's sign).
+VMAP_TOL = dict(rtol=1e-3, atol=1e-3)
+VMAP_REWARD_TOL = dict(rtol=1e-3, atol=1e-6)
+
+
+def _actions(step):
+    """One row per run: λ and the target logits of "both" mode, different for each run."""
+    return np.array([np.sin(step + 2 * i + 0.7 * np.arange(10)) for i in range(2)], dtype=np.float32)
+
+
+def _poison(engine, run):
+    """Force run ``run`` to diverge at its next update (non-finite generator weights)."""
+    with torch.no_grad():
+        next(iter(engine.params.values()))[run].fill_(float("nan"))
+
+
+def _single_runs(checkpoint):
+    """The script of the vector env played by one single env per run: per step (obs, reward, term, trunc, last obs)."""
+    envs = [gym.make("unlearn_gym/SFD-v0", checkpoint=str(checkpoint), **KW) for _ in SEEDS]
+    first = [env.reset(seed=s)[0] for env, s in zip(envs, SEEDS)]
+    steps, masked_reset = [], None
+    for step in range(10):
+        if step == 3:
+            _poison(envs[0].unwrapped.engine, 0)
+        if step == 7:
+            masked_reset = envs[1].reset()[0]
+        row = []
+        for i, env in enumerate(envs):
+            o, r, term, trunc, _ = env.step(_actions(step)[i])
+            last = o
+            if term or trunc:
+                o, _ = env.reset()
+            row.append((o, r, term, trunc, last))
+        steps.append(row)
+    params = [[p.detach().clone() for p in env.unwrapped.engine.model().parameters()] for env in envs]
+    return first, steps, masked_reset, params
+
+
+def test_sfd_vector_env_run_i_is_the_single_env_seeded_like_it(tiny_checkpoint):
+    first, steps, masked_reset, single_params = _single_runs(tiny_checkpoint)
+    for executor in ("loop", "vmap"):
+        if executor == "loop":
+            same = reward_same = np.testing.assert_array_equal
+        else:
+            same = lambda a, b: np.testing.assert_allclose(a, b, **VMAP_TOL)  # noqa: E731
+            reward_same = lambda a, b: np.testing.assert_allclose(a, b, **VMAP_REWARD_TOL)  # noqa: E731
+        venv = gym.make_vec(
+            "unlearn_gym/SFD-v0", num_envs=2, vectorization_mode="vector_entry_point", executor=executor,
+            checkpoint=str(tiny_checkpoint), **KW,
+        )  # fmt: skip
+        obs, infos = venv.reset(seed=SEEDS)
+        same(obs, np.stack(first))
+        assert infos["forget_class"].tolist() == [0, 0]
+        events = {"diverged": 0, "truncated": 0}
+        for step in range(10):
+            if step == 3:  # run 0 diverges alone
+                _poison(venv.unwrapped.engine, 0)
+            if step == 7:  # a masked reset of run 1 (which truncated and restarted at step 5)
+                obs, _ = venv.reset(options={"reset_mask": np.array([False, True])})
+                same(obs[1], masked_reset)
+            obs, rewards, terminated, truncated, infos = venv.step(_actions(step))
+            for i, (o, r, term, trunc, last) in enumerate(steps[step]):
+                assert (terminated[i], truncated[i]) == (term, trunc)
+                reward_same(np.array([rewards[i]]), np.array([r]))
+                same(obs[i], o)
+                if term or trunc:  # SAME_STEP autoreset: the last observation is in final_obs
+                    same(infos["final_obs"][i], last)
+                    assert infos["final_info"]["diverged"][i] == term
+                    events["diverged" if term else "truncated"] += 1
+        assert events == {"diverged": 1, "truncated": 2}  # run 0 at step 3; run 1 at step 5, run 0 at step 9
+        for i in range(2):
+            for p, q in zip(venv.unwrapped.engine.model(i).parameters(), single_params[i]):
+                if executor == "loop":
+                    assert torch.equal(p, q)
+                else:
+                    torch.testing.assert_close(p, q, rtol=0, atol=2 * LR * 10)
