@@ -135,3 +135,40 @@ def test_sfd_vector_env_run_i_is_the_single_env_seeded_like_it(tiny_checkpoint):
                     assert torch.equal(p, q)
                 else:
                     torch.testing.assert_close(p, q, rtol=0, atol=2 * LR * 10)
+
+
+def test_sfd_engine_per_run_restore_ema_and_bad_input(tiny_checkpoint):
+    from unlearn_gym.models import load_model
+    from unlearn_gym.objectives.sfd import SFDConfig
+    from unlearn_gym.sfd_engine import SFDEngine
+
+    unet, _ = load_model(tiny_checkpoint)
+    engine = SFDEngine(unet, 0, list(range(1, 10)), SFDConfig(batch_size=2, lr=LR), num_runs=2, executor="loop")
+    engine.seed([1, 2])
+    with pytest.raises(
+        ValueError, match=r"target_weights: expected shape \(9,\) or \(2, 9\), one row per run, got \(3, 9\)"
+    ):
+        engine.update(0.5, np.ones((3, 9)))
+    bad = np.full((2, 9), 1 / 9)
+    bad[1, 4] = np.nan
+    with pytest.raises(ValueError, match=r"target_weights of run 1 must be finite and >= 0, got \[0.1"):
+        engine.update(0.5, bad)
+    with pytest.raises(ValueError, match=r"lam: expected a scalar or one value per run, shape \(2,\), got \(3,\)"):
+        engine.update([0.1, 0.2, 0.3])
+    assert engine.step_count.tolist() == [0, 0]  # nothing was half-applied
+    stats = engine.update([0.3, 0.7], np.full(9, 1 / 9))
+    assert stats.values.shape == (2, 10) and np.isnan(stats.column("probe_forget_p")).all()  # no classifier
+    assert np.isfinite(stats.column("loss_psi_remain")).all() and engine.step_count.tolist() == [1, 1]
+    for name, w in engine.teacher_params.items():
+        # Adam with β₁ = 0, first step: Δ = −lr·g/(|g| + eps), so every entry moved by at most lr
+        assert (engine.params[name] - w).abs().max() <= LR * 1.001 and (engine.psi[name] - w).abs().max() <= LR * 1.001
+        torch.testing.assert_close(engine.ema[name], w + 1e-4 * (engine.params[name] - w))  # EMA 0.9999
+    model = engine.model(1)
+    engine.use_ema([0])
+    engine.restore([1])
+    assert engine.step_count.tolist() == [1, 0] and engine._adam["theta"][2].tolist() == [1.0, 0.0]
+    for (name, w), q in zip(engine.teacher_params.items(), model.parameters()):
+        assert torch.equal(engine.params[name][0], engine.ema[name][0])
+        for stack in (engine.params, engine.psi, engine.ema):
+            assert torch.equal(stack[name][1], w)
+        assert torch.equal(q, w)  # model(1) follows run 1's weights

@@ -39,36 +39,6 @@ __all__ = [
     "adamw_",
 ]
 
-STAT_NAMES = (
-    "loss_r",  # ℓ_x: retain loss estimate of the step's batch
-    "loss_f",  # ℓ_a: forget loss estimate
-    "grad_r_norm",  # ‖g_x‖
-    "grad_f_norm",  # ‖g_a‖
-    "forget_share",  # share of the batch drawn from the forget set
-    "dloss_r_dlam",  # ∂ℓ_x/∂λ, samples held fixed
-    "dloss_f_dlam",  # ∂ℓ_a/∂λ
-    "dloss_dlam",  # ∂L/∂λ of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
-    "update_norm",  # ‖g‖ of the combined direction before clipping
-    "probe_r",  # retain denoising loss on the fixed probe, after the step
-    "probe_f",  # forget denoising loss on the fixed probe, after the step
-    # how noisy the step's estimates are (docs/variance.md; 0 for objectives without importance weights)
-    "var_loss_r",  # Var̂(ℓ_x): sample variance of w_x,i·e_x,i over the batch, divided by B
-    "var_loss_f",  # Var̂(ℓ_a)
-    "var_loss",  # Var̂(L) of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
-    "dvar_loss_r_dlam",  # ∂Var̂(ℓ_x)/∂λ, samples held fixed
-    "dvar_loss_f_dlam",  # ∂Var̂(ℓ_a)/∂λ, samples held fixed
-    "dvar_loss_dlam",  # ∂Var̂(L)/∂λ, samples held fixed
-    "rel_var_loss_r",  # Var̂(ℓ_x)/ℓ_x², in [0, 1]
-    "rel_var_loss_f",  # Var̂(ℓ_a)/ℓ_a², in [0, 1]
-    "drel_var_loss_r_dlam",  # ∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed
-    "drel_var_loss_f_dlam",  # ∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed
-    "dvar_loss_r_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_x)/dλ, the batch redrawn from q_λ
-    "dvar_loss_f_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_a)/dλ
-    "dvar_loss_dlam_resampled",  # unbiased estimate of dVar_λ(L)/dλ
-    "drel_var_loss_r_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ, the batch redrawn
-    "drel_var_loss_f_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ
-)
-
 
 class HostStats:
     """Base of the frozen dataclasses that hold one update's statistics as host floats (field order =
@@ -84,37 +54,73 @@ class HostStats:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The statistics' names: the dataclass's fields, in the order of the engine's stats tensor."""
+        return tuple(f.name for f in fields(cls))
+
 
 @dataclass(frozen=True)
 class StepStats(HostStats):
-    """Statistics of one update, as host floats (see ``STAT_NAMES`` for each field's meaning)."""
+    """Statistics of one update, as host floats (one documented field per statistic)."""
 
     loss_r: float
+    """ℓ_x: retain loss estimate of the step's batch."""
     loss_f: float
+    """ℓ_a: forget loss estimate."""
     grad_r_norm: float
+    """‖g_x‖."""
     grad_f_norm: float
+    """‖g_a‖."""
     forget_share: float
+    """Share of the batch drawn from the forget set."""
     dloss_r_dlam: float
+    """∂ℓ_x/∂λ, samples held fixed."""
     dloss_f_dlam: float
+    """∂ℓ_a/∂λ."""
     dloss_dlam: float
+    """∂L/∂λ of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
     update_norm: float
+    """‖g‖ of the combined direction before clipping."""
     probe_r: float
+    """Retain denoising loss on the fixed probe, after the step."""
     probe_f: float
+    """Forget denoising loss on the fixed probe, after the step."""
+    # how noisy the step's estimates are (docs/variance.md; 0 for objectives without importance weights)
     var_loss_r: float
+    """Var̂(ℓ_x): sample variance of w_x,i·e_x,i over the batch, divided by B."""
     var_loss_f: float
+    """Var̂(ℓ_a)."""
     var_loss: float
+    """Var̂(L) of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
     dvar_loss_r_dlam: float
+    """∂Var̂(ℓ_x)/∂λ, samples held fixed."""
     dvar_loss_f_dlam: float
+    """∂Var̂(ℓ_a)/∂λ, samples held fixed."""
     dvar_loss_dlam: float
+    """∂Var̂(L)/∂λ, samples held fixed."""
     rel_var_loss_r: float
+    """Var̂(ℓ_x)/ℓ_x², in [0, 1]."""
     rel_var_loss_f: float
+    """Var̂(ℓ_a)/ℓ_a², in [0, 1]."""
     drel_var_loss_r_dlam: float
+    """∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed."""
     drel_var_loss_f_dlam: float
+    """∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed."""
     dvar_loss_r_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(ℓ_x)/dλ, the batch redrawn from q_λ."""
     dvar_loss_f_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(ℓ_a)/dλ."""
     dvar_loss_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(L)/dλ."""
     drel_var_loss_r_dlam_resampled: float
+    """Plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ, the batch redrawn."""
     drel_var_loss_f_dlam_resampled: float
+    """Plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ."""
+
+
+STAT_NAMES = StepStats.names()
+"""The field names of :class:`StepStats`, in the order of the engine's stats tensor."""
 
 
 Executor = Literal["auto", "vmap", "loop"]
@@ -159,7 +165,7 @@ class RunStats:
 
     def column(self, name: str) -> np.ndarray:
         """(n,) the statistic ``name`` of every run."""
-        return self.values[:, [f.name for f in fields(self.stats_class)].index(name)]
+        return self.values[:, self.stats_class.names().index(name)]
 
 
 def _math_attention():
@@ -640,34 +646,34 @@ class UnlearningEngine(RunEngine):
         self.load_state_dict({"tensors": tensors, "step": json.loads(meta["step"])})
 
 
-HYBRID_STAT_NAMES = (
-    "loss_r",  # SISS's ℓ_x
-    "loss_f",  # SISS's ℓ_a
-    "loss_align",  # ℓ_align: the forget label's score against the teacher's retain-class mixture
-    "grad_siss_norm",  # ‖g_S‖ after SISS's surgery
-    "grad_align_norm",  # ‖∇ℓ_align‖
-    "forget_share",
-    "dloss_dlam",  # ∂L/∂λ = 2(w·ℓ_align − L_S)
-    "update_norm",
-    "probe_r",
-    "probe_f",
-)
-
-
 @dataclass(frozen=True)
 class HybridStepStats(HostStats):
-    """Statistics of one hybrid update, as host floats (see ``HYBRID_STAT_NAMES``)."""
+    """Statistics of one hybrid update, as host floats (one documented field per statistic)."""
 
     loss_r: float
+    """SISS's ℓ_x."""
     loss_f: float
+    """SISS's ℓ_a."""
     loss_align: float
+    """ℓ_align: the forget label's score against the teacher's retain-class mixture."""
     grad_siss_norm: float
+    """‖g_S‖ after SISS's surgery."""
     grad_align_norm: float
+    """‖∇ℓ_align‖."""
     forget_share: float
+    """Share of SISS's batch drawn from the forget set."""
     dloss_dlam: float
+    """∂L/∂λ = 2(w·ℓ_align − L_S)."""
     update_norm: float
+    """‖g‖ of the combined direction before clipping."""
     probe_r: float
+    """Retain denoising loss on the fixed probe, after the step."""
     probe_f: float
+    """Forget denoising loss on the fixed probe, after the step."""
+
+
+HYBRID_STAT_NAMES = HybridStepStats.names()
+"""The field names of :class:`HybridStepStats`, in the order of the engine's stats tensor."""
 
 
 class HybridEngine(UnlearningEngine):

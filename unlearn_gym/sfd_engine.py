@@ -31,34 +31,35 @@ from .objectives.sfd import (
 
 __all__ = ["SFDEngine", "SFDStepStats", "SFD_STAT_NAMES"]
 
-SFD_STAT_NAMES = (
-    "loss_psi_remain",  # ψ's denoising loss on generated remaining-class samples (before its step)
-    "loss_psi_forget",  # ψ's denoising loss on generated forget-class samples
-    "loss_remain",  # mean ℓ_remain of the θ step (SiD loss; may be negative)
-    "loss_forget",  # mean ℓ_forget of the θ step
-    "grad_remain_norm",  # ‖∇_θ mean ℓ_remain‖
-    "grad_forget_norm",  # ‖∇_θ mean ℓ_forget‖
-    "dloss_dlam",  # ∂L_θ/∂λ
-    "update_norm",  # ‖∇_θ L_θ‖ before element-wise clipping
-    "probe_forget_p",  # mean classifier probability p(c_f | G(z, c_f)) over the forget probe, after the step
-    "probe_remain_p",  # mean p(c | G(z, c)) over the remaining-class probe, after the step
-)
-
 
 @dataclass(frozen=True)
 class SFDStepStats(HostStats):
-    """Statistics of one SFD iteration, as host floats (see ``SFD_STAT_NAMES``)."""
+    """Statistics of one SFD iteration, as host floats (one documented field per statistic)."""
 
     loss_psi_remain: float
+    """ψ's denoising loss on generated remaining-class samples (before its step)."""
     loss_psi_forget: float
+    """ψ's denoising loss on generated forget-class samples."""
     loss_remain: float
+    """Mean ℓ_remain of the θ step (SiD loss; may be negative)."""
     loss_forget: float
+    """Mean ℓ_forget of the θ step."""
     grad_remain_norm: float
+    """‖∇_θ mean ℓ_remain‖."""
     grad_forget_norm: float
+    """‖∇_θ mean ℓ_forget‖."""
     dloss_dlam: float
+    """∂L_θ/∂λ."""
     update_norm: float
+    """‖∇_θ L_θ‖ before element-wise clipping."""
     probe_forget_p: float
+    """Mean classifier probability p(c_f | G(z, c_f)) over the forget probe, after the step."""
     probe_remain_p: float
+    """Mean p(c | G(z, c)) over the remaining-class probe, after the step."""
+
+
+SFD_STAT_NAMES = SFDStepStats.names()
+"""The field names of :class:`SFDStepStats`, in the order of the engine's stats tensor."""
 
 
 def _stack(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
