@@ -97,15 +97,20 @@ class SFDEnv(UnlearningEnv):
     (generator inputs z per class, drawn at reset) classified after every step: efficacy
     e_t = p_f,0 − p_f,t, the fall of the mean classifier probability of c_f on G(z, c_f);
     degradation d_t = p_r,0 − p_r,t, the fall of p(c | G(z, c)) over the remaining classes.
+    (``degradation_penalty="level"`` charges −β·d⁺_t at every step instead.) A divergent step
+    (non-finite statistics) gets −``divergence_penalty``.
 
     ## Episode End
 
-    Truncation after ``horizon`` iterations; termination when one diverges.
+    Truncation after ``horizon`` iterations; termination when one diverges
+    (``info["diverged"] = True``).
 
     ## Arguments
 
     The fields of :class:`SFDEnvConfig`. ``render()`` ("rgb_array") draws the generator's
-    one-step samples, one row per label.
+    one-step samples, one row per label. ``reset`` takes no options.
+    ``gymnasium.make_vec("unlearn_gym/SFD-v0", num_envs=N, vectorization_mode="vector_entry_point")``
+    runs N seeds in one N-run engine (:class:`~unlearn_gym.envs.vector.UnlearningVectorEnv`).
 
     ## Version History
 
