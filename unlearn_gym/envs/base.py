@@ -94,8 +94,8 @@ class UnlearningEnv(gym.Env):
     degradation d_t (:meth:`efficacy_degradation`), d⁺ = max(0, d), e_0 = d⁺_0 = 0
     (``degradation_penalty="level"``: −β·d⁺_t instead of the increment); a step whose statistics are
     not finite gets −``divergence_penalty`` and terminates. Subclasses implement
-    :meth:`_make_engine`, :meth:`decode_action`, :meth:`features` and
-    :meth:`efficacy_degradation`, and may override the other hooks.
+    :meth:`_make_engine`, :meth:`_action_dim`, :meth:`decode_action`, :meth:`features`,
+    :meth:`efficacy_degradation` and :meth:`check_reset_options`, and may override the other hooks.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -181,10 +181,12 @@ class UnlearningEnv(gym.Env):
         return {}
 
     def check_reset_options(self, options: dict | None) -> int | None:
-        """The ``instance`` of ``reset(options=...)``, validated (None: the whole forget set)."""
-        if options:
-            raise ValueError(f"reset: {type(self).__name__} takes no options, got {sorted(options)}")
-        return None
+        """The ``instance`` of ``reset(options=...)``, validated (None: the whole forget set).
+
+        Raises:
+            ValueError: an option the env does not take, or a bad value (the message says which).
+        """
+        raise NotImplementedError
 
     def select_instance(self, ep: RunEpisode, instance: int | None, run: int = 0) -> None:
         """Give run ``run`` instance ``instance`` (envs without instances ignore it)."""
