@@ -67,7 +67,7 @@ def test_observation_reward_and_info(make):
     assert info["lam"] == 0.5 and obs[4] == 0.5 and obs[5] == 0.5
     assert r == pytest.approx(info["reward_efficacy_gain"] + info["reward_smoothness"] + info["reward_degradation"])
     assert info["reward_smoothness"] == 0.0  # λ stayed at 0.5
-    assert info["efficacy"] == pytest.approx(np.log(info["probe_f"] / env.unwrapped._ref[5]), rel=1e-6)
+    assert info["efficacy"] == pytest.approx(np.log(info["probe_f"] / env.unwrapped._ref.probe_f), rel=1e-6)
     obs, r, term, trunc, info = env.step(np.array([1.0], dtype=np.float32))
     assert info["lam"] == 1.0 and info["reward_smoothness"] == pytest.approx(-0.5 * 0.5)
     assert trunc and not term

@@ -125,5 +125,6 @@ def test_bad_input_names_the_run_and_steps_nothing(tiny_checkpoint):
         venv.reset(options={"instance": [0, -1]})
     assert engine.step_count.tolist() == [0, 0]  # nothing was half-applied
     assert all(torch.equal(p, q) for p, q in zip(engine.params.values(), before))
-    with pytest.raises(gym.error.Error, match="doesn't have a vector entry point"):
-        gym.make_vec("unlearn_gym/SFD-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    sfd = make_vec(tiny_checkpoint, "unlearn_gym/SFD-v0", num_envs=2)
+    with pytest.raises(ValueError, match=r"run 1: reset: SFD-v0 takes no options, got \['instance'\]"):
+        sfd.reset(options={"instance": [None, 3]})

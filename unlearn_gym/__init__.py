@@ -24,6 +24,7 @@ _ENVS = {
 # N runs in one batched engine: gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")
 _VECTOR_ENVS = {
     "SISS-v0": "unlearn_gym.envs.vector:make_siss_vector_env",
+    "SFD-v0": "unlearn_gym.envs.vector:make_sfd_vector_env",
     "Hybrid-v0": "unlearn_gym.envs.vector:make_hybrid_vector_env",
 }
 

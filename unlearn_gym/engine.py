@@ -35,38 +35,9 @@ __all__ = [
     "HybridEngine",
     "HybridStepStats",
     "HYBRID_STAT_NAMES",
-    "zero_optimizer_state",
+    "RunEngine",
+    "adamw_",
 ]
-
-STAT_NAMES = (
-    "loss_r",  # ℓ_x: retain loss estimate of the step's batch
-    "loss_f",  # ℓ_a: forget loss estimate
-    "grad_r_norm",  # ‖g_x‖
-    "grad_f_norm",  # ‖g_a‖
-    "forget_share",  # share of the batch drawn from the forget set
-    "dloss_r_dlam",  # ∂ℓ_x/∂λ, samples held fixed
-    "dloss_f_dlam",  # ∂ℓ_a/∂λ
-    "dloss_dlam",  # ∂L/∂λ of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
-    "update_norm",  # ‖g‖ of the combined direction before clipping
-    "probe_r",  # retain denoising loss on the fixed probe, after the step
-    "probe_f",  # forget denoising loss on the fixed probe, after the step
-    # how noisy the step's estimates are (docs/variance.md; 0 for objectives without importance weights)
-    "var_loss_r",  # Var̂(ℓ_x): sample variance of w_x,i·e_x,i over the batch, divided by B
-    "var_loss_f",  # Var̂(ℓ_a)
-    "var_loss",  # Var̂(L) of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)
-    "dvar_loss_r_dlam",  # ∂Var̂(ℓ_x)/∂λ, samples held fixed
-    "dvar_loss_f_dlam",  # ∂Var̂(ℓ_a)/∂λ, samples held fixed
-    "dvar_loss_dlam",  # ∂Var̂(L)/∂λ, samples held fixed
-    "rel_var_loss_r",  # Var̂(ℓ_x)/ℓ_x², in [0, 1]
-    "rel_var_loss_f",  # Var̂(ℓ_a)/ℓ_a², in [0, 1]
-    "drel_var_loss_r_dlam",  # ∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed
-    "drel_var_loss_f_dlam",  # ∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed
-    "dvar_loss_r_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_x)/dλ, the batch redrawn from q_λ
-    "dvar_loss_f_dlam_resampled",  # unbiased estimate of dVar_λ(ℓ_a)/dλ
-    "dvar_loss_dlam_resampled",  # unbiased estimate of dVar_λ(L)/dλ
-    "drel_var_loss_r_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ, the batch redrawn
-    "drel_var_loss_f_dlam_resampled",  # plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ
-)
 
 
 class HostStats:
@@ -83,46 +54,73 @@ class HostStats:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
-
-def zero_optimizer_state(*optimizers: torch.optim.Optimizer) -> None:
-    """Zero every state tensor (moments, step) in place: a fresh optimizer without allocation."""
-    for opt in optimizers:
-        for state in opt.state.values():
-            for value in state.values():
-                if torch.is_tensor(value):
-                    value.zero_()
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The statistics' names: the dataclass's fields, in the order of the engine's stats tensor."""
+        return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
 class StepStats(HostStats):
-    """Statistics of one update, as host floats (see ``STAT_NAMES`` for each field's meaning)."""
+    """Statistics of one update, as host floats (one documented field per statistic)."""
 
     loss_r: float
+    """ℓ_x: retain loss estimate of the step's batch."""
     loss_f: float
+    """ℓ_a: forget loss estimate."""
     grad_r_norm: float
+    """‖g_x‖."""
     grad_f_norm: float
+    """‖g_a‖."""
     forget_share: float
+    """Share of the batch drawn from the forget set."""
     dloss_r_dlam: float
+    """∂ℓ_x/∂λ, samples held fixed."""
     dloss_f_dlam: float
+    """∂ℓ_a/∂λ."""
     dloss_dlam: float
+    """∂L/∂λ of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
     update_norm: float
+    """‖g‖ of the combined direction before clipping."""
     probe_r: float
+    """Retain denoising loss on the fixed probe, after the step."""
     probe_f: float
+    """Forget denoising loss on the fixed probe, after the step."""
+    # how noisy the step's estimates are (docs/variance.md; 0 for objectives without importance weights)
     var_loss_r: float
+    """Var̂(ℓ_x): sample variance of w_x,i·e_x,i over the batch, divided by B."""
     var_loss_f: float
+    """Var̂(ℓ_a)."""
     var_loss: float
+    """Var̂(L) of the combined loss c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
     dvar_loss_r_dlam: float
+    """∂Var̂(ℓ_x)/∂λ, samples held fixed."""
     dvar_loss_f_dlam: float
+    """∂Var̂(ℓ_a)/∂λ, samples held fixed."""
     dvar_loss_dlam: float
+    """∂Var̂(L)/∂λ, samples held fixed."""
     rel_var_loss_r: float
+    """Var̂(ℓ_x)/ℓ_x², in [0, 1]."""
     rel_var_loss_f: float
+    """Var̂(ℓ_a)/ℓ_a², in [0, 1]."""
     drel_var_loss_r_dlam: float
+    """∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed."""
     drel_var_loss_f_dlam: float
+    """∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed."""
     dvar_loss_r_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(ℓ_x)/dλ, the batch redrawn from q_λ."""
     dvar_loss_f_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(ℓ_a)/dλ."""
     dvar_loss_dlam_resampled: float
+    """Unbiased estimate of dVar_λ(L)/dλ."""
     drel_var_loss_r_dlam_resampled: float
+    """Plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ, the batch redrawn."""
     drel_var_loss_f_dlam_resampled: float
+    """Plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ."""
+
+
+STAT_NAMES = StepStats.names()
+"""The field names of :class:`StepStats`, in the order of the engine's stats tensor."""
 
 
 Executor = Literal["auto", "vmap", "loop"]
@@ -167,7 +165,7 @@ class RunStats:
 
     def column(self, name: str) -> np.ndarray:
         """(n,) the statistic ``name`` of every run."""
-        return self.values[:, [f.name for f in fields(self.stats_class)].index(name)]
+        return self.values[:, self.stats_class.names().index(name)]
 
 
 def _math_attention():
@@ -177,7 +175,116 @@ def _math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-class UnlearningEngine:
+@torch.no_grad()
+def adamw_(
+    params: dict[str, torch.Tensor],
+    exp_avg: dict[str, torch.Tensor],
+    exp_avg_sq: dict[str, torch.Tensor],
+    steps: torch.Tensor,
+    grads,
+    run: int | None,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+) -> None:
+    """One AdamW step (``torch.optim.AdamW``'s arithmetic; Adam when ``weight_decay`` = 0) on stacked runs.
+
+    θ ← θ·(1 − lr·wd); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
+    θ ← θ − lr/(1 − β₁^k) · m/(√v/√(1 − β₂^k) + eps), with k the run's own step count.
+
+    Args:
+        params, exp_avg, exp_avg_sq: name → (N, ...) stacks, updated in place.
+        steps: (N,) float64 step counts k, incremented in place.
+        grads: one (N, ...) gradient per parameter (``run`` None) or one run's (...) gradients.
+        run: the run to step, or None for every run at once.
+    """
+    beta1, beta2 = betas
+    sl = slice(None) if run is None else run
+    steps[sl] += 1
+    step = steps[sl]
+    bias_correction1 = 1 - torch.pow(beta1, step)
+    bias_correction2 = 1 - torch.pow(beta2, step)
+    step_size_neg = -torch.div(torch.full_like(step, lr), bias_correction1)
+    bias_correction2_sqrt = bias_correction2.sqrt()
+    for (name, p), g in zip(params.items(), grads):
+        p, m, v = p[sl], exp_avg[name][sl], exp_avg_sq[name][sl]
+        shape = (-1,) + (1,) * (p.ndim - 1) if run is None else ()
+        if weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / bias_correction2_sqrt.to(p.dtype).view(shape)).add_(eps)
+        p.add_(m.mul(step_size_neg.to(p.dtype).view(shape)).div_(denom))
+
+
+class RunEngine:
+    """What every N-run engine shares: the run axis, run selection, per-run arguments, the one host
+    copy of the statistics, and :meth:`model`.
+
+    A subclass calls :meth:`_init_runs` and sets ``params`` (name → (N, ...) the runs' model
+    weights θ_i) and ``_module`` (the architecture whose parameters ``params`` replaces).
+    """
+
+    stats_class: type[HostStats]
+    """The statistics of one run's step, in the order of the engine's stats tensor."""
+    params: dict[str, torch.Tensor]
+    _module: torch.nn.Module
+
+    def _init_runs(self, num_runs: int, executor: str, device: str | torch.device) -> int:
+        if not isinstance(num_runs, (int, np.integer)) or isinstance(num_runs, bool) or num_runs < 1:
+            raise ValueError(f"num_runs must be an int >= 1, got {num_runs!r}")
+        self.device = torch.device(device)
+        self.executor = resolve_executor(executor, self.device)
+        self.num_runs = int(num_runs)
+        self._models: dict[int, torch.nn.Module] = {}
+        return self.num_runs
+
+    def _runs(self, runs) -> list[int]:
+        """``runs`` (None: all; a bool mask (N,); or indices) as a sorted list of run indices."""
+        if runs is None:
+            return list(range(self.num_runs))
+        arr = np.asarray(runs)
+        if arr.dtype == bool:
+            if arr.shape != (self.num_runs,):
+                raise ValueError(f"run mask: expected shape ({self.num_runs},), got {arr.shape}")
+            return [int(i) for i in np.flatnonzero(arr)]
+        idx = [int(i) for i in np.atleast_1d(arr)]
+        bad = [i for i in idx if not 0 <= i < self.num_runs]
+        if bad:
+            raise ValueError(f"runs must be indices in [0, {self.num_runs}), got {bad}")
+        return sorted(set(idx))
+
+    def _per_run(self, value, name: str, n: int) -> np.ndarray:
+        """A scalar or (n,) array of ``name`` as (n,) float64."""
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0:
+            return np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise ValueError(f"{name}: expected a scalar or one value per run, shape ({n},), got {arr.shape}")
+        return arr
+
+    def _to_host(self, stats: torch.Tensor) -> RunStats:
+        return RunStats(stats.to("cpu", torch.float64).numpy(), self.stats_class)  # the one host copy
+
+    def model(self, run: int = 0) -> torch.nn.Module:
+        """A UNet whose parameters are run ``run``'s weights (aliases, not copies: it follows the run).
+
+        For sampling, evaluation and saving; do not train it (the engine owns the weights).
+        """
+        if not 0 <= run < self.num_runs:
+            raise ValueError(f"run must be in [0, {self.num_runs}), got {run}")
+        if run not in self._models:
+            module = copy.deepcopy(self._module)
+            for name, p in self.params.items():
+                owner, _, leaf = name.rpartition(".")
+                module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(p[run], requires_grad=False)
+            self._models[run] = module
+        return self._models[run]
+
+
+class UnlearningEngine(RunEngine):
     """N independent unlearning runs of one objective: stacked weights, AdamW moments, data streams, probes.
 
     Each run i has its own parameters θ_i and AdamW moments (stacked along a leading run
@@ -237,11 +344,7 @@ class UnlearningEngine:
             )
         if probe_size < 0:
             raise ValueError(f"probe_size must be >= 0, got {probe_size}")
-        if not isinstance(num_runs, (int, np.integer)) or isinstance(num_runs, bool) or num_runs < 1:
-            raise ValueError(f"num_runs must be an int >= 1, got {num_runs!r}")
-        self.device = torch.device(device)
-        self.executor = resolve_executor(executor, self.device)
-        self.num_runs = N = int(num_runs)
+        N = self._init_runs(num_runs, executor, device)
         self.config = config
         self._module = unet.to(self.device).train().requires_grad_(False)
         # the frozen pretrained weights, once (the module's own storage): restore's source, the hybrid's teacher
@@ -253,7 +356,6 @@ class UnlearningEngine:
         self._adam_steps = torch.zeros(N, dtype=torch.float64, device=self.device)
         # run i's parameters as autograd leaves that alias the stack (the loop executor differentiates them)
         self._leaves = [{n: p[i].detach().requires_grad_() for n, p in self.params.items()} for i in range(N)]
-        self._models: dict[int, torch.nn.Module] = {}
         sched = noise_schedule(scheduler_config)
         self.gamma = sched.gamma.to(self.device, torch.float32)
         self.sigma = sched.sigma.to(self.device, torch.float32)
@@ -280,30 +382,6 @@ class UnlearningEngine:
         self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
 
     # -- runs and data ------------------------------------------------------------------------
-
-    def _runs(self, runs) -> list[int]:
-        """``runs`` (None: all; a bool mask (N,); or indices) as a sorted list of run indices."""
-        if runs is None:
-            return list(range(self.num_runs))
-        arr = np.asarray(runs)
-        if arr.dtype == bool:
-            if arr.shape != (self.num_runs,):
-                raise ValueError(f"run mask: expected shape ({self.num_runs},), got {arr.shape}")
-            return [int(i) for i in np.flatnonzero(arr)]
-        idx = [int(i) for i in np.atleast_1d(arr)]
-        bad = [i for i in idx if not 0 <= i < self.num_runs]
-        if bad:
-            raise ValueError(f"runs must be indices in [0, {self.num_runs}), got {bad}")
-        return sorted(set(idx))
-
-    def _per_run(self, value, name: str, n: int) -> np.ndarray:
-        """A scalar or (n,) array of ``name`` as (n,) float64."""
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.ndim == 0:
-            return np.full(n, float(arr))
-        if arr.shape != (n,):
-            raise ValueError(f"{name}: expected a scalar or one value per run, shape ({n},), got {arr.shape}")
-        return arr
 
     def set_forget(self, forget: ImageSet, runs=None) -> None:
         """Replace the forget set of ``runs`` (None: all), e.g. with another instance's subset."""
@@ -426,26 +504,13 @@ class UnlearningEngine:
         j = self._probe_index
         return torch.cat([head[..., :j], probe, head[..., j:]], dim=-1)
 
-    @torch.no_grad()
     def _adamw_(self, run: int | None, grads) -> None:
-        """Step 4: AdamW (torch.optim.AdamW's arithmetic) on run ``run``'s views, or on all stacks (None)."""
+        """Step 4: AdamW on run ``run``'s views, or on all stacks (None)."""
         cfg = self.config
-        beta1, beta2 = cfg.betas
-        sl = slice(None) if run is None else run
-        self._adam_steps[sl] += 1
-        step = self._adam_steps[sl]
-        bias_correction1 = 1 - torch.pow(beta1, step)
-        bias_correction2 = 1 - torch.pow(beta2, step)
-        step_size_neg = -torch.div(torch.full_like(step, cfg.lr), bias_correction1)
-        bias_correction2_sqrt = bias_correction2.sqrt()
-        for (name, p), g in zip(self.params.items(), grads):
-            p, m, v = p[sl], self._exp_avg[name][sl], self._exp_avg_sq[name][sl]
-            shape = (-1,) + (1,) * (p.ndim - 1) if run is None else ()
-            p.mul_(1 - cfg.lr * cfg.weight_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt.to(p.dtype).view(shape)).add_(1e-8)
-            p.add_(m.mul(step_size_neg.to(p.dtype).view(shape)).div_(denom))
+        adamw_(
+            self.params, self._exp_avg, self._exp_avg_sq, self._adam_steps, grads, run,
+            lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        )  # fmt: skip
 
     # -- update / evaluate ----------------------------------------------------------------------
 
@@ -518,25 +583,7 @@ class UnlearningEngine:
             stats = self._with_probe(head, probe)
         return self._to_host(stats)
 
-    def _to_host(self, stats: torch.Tensor) -> RunStats:
-        return RunStats(stats.to("cpu", torch.float64).numpy(), self.stats_class)  # the one host copy
-
-    # -- models, restore, save -------------------------------------------------------------------
-
-    def model(self, run: int = 0) -> torch.nn.Module:
-        """A UNet whose parameters are run ``run``'s weights (aliases, not copies: it follows the run).
-
-        For sampling, evaluation and saving; do not train it (the engine owns the weights).
-        """
-        if not 0 <= run < self.num_runs:
-            raise ValueError(f"run must be in [0, {self.num_runs}), got {run}")
-        if run not in self._models:
-            module = copy.deepcopy(self._module)
-            for name, p in self.params.items():
-                owner, _, leaf = name.rpartition(".")
-                module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(p[run], requires_grad=False)
-            self._models[run] = module
-        return self._models[run]
+    # -- restore, save -------------------------------------------------------------------------
 
     @torch.no_grad()
     def restore(self, runs=None) -> None:
@@ -599,34 +646,34 @@ class UnlearningEngine:
         self.load_state_dict({"tensors": tensors, "step": json.loads(meta["step"])})
 
 
-HYBRID_STAT_NAMES = (
-    "loss_r",  # SISS's ℓ_x
-    "loss_f",  # SISS's ℓ_a
-    "loss_align",  # ℓ_align: the forget label's score against the teacher's retain-class mixture
-    "grad_siss_norm",  # ‖g_S‖ after SISS's surgery
-    "grad_align_norm",  # ‖∇ℓ_align‖
-    "forget_share",
-    "dloss_dlam",  # ∂L/∂λ = 2(w·ℓ_align − L_S)
-    "update_norm",
-    "probe_r",
-    "probe_f",
-)
-
-
 @dataclass(frozen=True)
 class HybridStepStats(HostStats):
-    """Statistics of one hybrid update, as host floats (see ``HYBRID_STAT_NAMES``)."""
+    """Statistics of one hybrid update, as host floats (one documented field per statistic)."""
 
     loss_r: float
+    """SISS's ℓ_x."""
     loss_f: float
+    """SISS's ℓ_a."""
     loss_align: float
+    """ℓ_align: the forget label's score against the teacher's retain-class mixture."""
     grad_siss_norm: float
+    """‖g_S‖ after SISS's surgery."""
     grad_align_norm: float
+    """‖∇ℓ_align‖."""
     forget_share: float
+    """Share of SISS's batch drawn from the forget set."""
     dloss_dlam: float
+    """∂L/∂λ = 2(w·ℓ_align − L_S)."""
     update_norm: float
+    """‖g‖ of the combined direction before clipping."""
     probe_r: float
+    """Retain denoising loss on the fixed probe, after the step."""
     probe_f: float
+    """Forget denoising loss on the fixed probe, after the step."""
+
+
+HYBRID_STAT_NAMES = HybridStepStats.names()
+"""The field names of :class:`HybridStepStats`, in the order of the engine's stats tensor."""
 
 
 class HybridEngine(UnlearningEngine):

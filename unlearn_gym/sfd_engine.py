@@ -1,69 +1,108 @@
-"""The SFD engine: teacher, fake-score network and one-step generator, their optimizers and the probe.
+"""The SFD engine: N runs of Score Forgetting Distillation over one frozen teacher.
 
-``update(λ, target_weights)`` performs one SFD iteration (one ψ step, then one θ step, DESIGN §8)
-and returns its statistics after exactly one device→host copy. ``restore()`` puts the pretrained
-weights back into ψ and θ and zeroes both Adam states, in place on the device. The probe is a
-fixed set of generator inputs z (drawn at ``seed``) per class, classified after each update: the
-env's reward reads how often the forget class is still drawn and how well the others are.
+``update(λ, target_weights)`` performs one SFD iteration of every run (one ψ step, then one θ step,
+DESIGN §8) and returns the runs' statistics after exactly one device→host copy. ``restore(runs)``
+puts the pretrained weights back into ψ, θ and the EMA of θ and zeroes both Adam states, in place
+on the device, for some runs or all. The probe of a run is a fixed set of generator inputs z
+(drawn at ``seed``) per class, classified after each update: the env's reward reads how often the
+forget class is still drawn and how well the others are. N = 1 is the single env's engine.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from torch.func import vmap
 
-from .engine import HostStats, zero_optimizer_state
+from .engine import Executor, HostStats, RunEngine, RunStats, _math_attention, adamw_
 from .models.unet import noise_schedule
-from .objectives.sfd import SFDConfig, draw_sfd_batch, fake_score_loss, generator_sample, sfd_generator_step
+from .objectives.common import global_norm
+from .objectives.sfd import (
+    SFDBatch,
+    SFDConfig,
+    draw_sfd_batch,
+    fake_score_loss,
+    fake_score_step,
+    generator_sample,
+    sfd_generator_step,
+)
 
 __all__ = ["SFDEngine", "SFDStepStats", "SFD_STAT_NAMES"]
-
-SFD_STAT_NAMES = (
-    "loss_psi_remain",  # ψ's denoising loss on generated remaining-class samples (before its step)
-    "loss_psi_forget",  # ψ's denoising loss on generated forget-class samples
-    "loss_remain",  # mean ℓ_remain of the θ step (SiD loss; may be negative)
-    "loss_forget",  # mean ℓ_forget of the θ step
-    "grad_remain_norm",  # ‖∇_θ mean ℓ_remain‖
-    "grad_forget_norm",  # ‖∇_θ mean ℓ_forget‖
-    "dloss_dlam",  # ∂L_θ/∂λ
-    "update_norm",  # ‖∇_θ L_θ‖ before element-wise clipping
-    "probe_forget_p",  # mean classifier probability p(c_f | G(z, c_f)) over the forget probe, after the step
-    "probe_remain_p",  # mean p(c | G(z, c)) over the remaining-class probe, after the step
-)
 
 
 @dataclass(frozen=True)
 class SFDStepStats(HostStats):
-    """Statistics of one SFD iteration, as host floats (see ``SFD_STAT_NAMES``)."""
+    """Statistics of one SFD iteration, as host floats (one documented field per statistic)."""
 
     loss_psi_remain: float
+    """ψ's denoising loss on generated remaining-class samples (before its step)."""
     loss_psi_forget: float
+    """ψ's denoising loss on generated forget-class samples."""
     loss_remain: float
+    """Mean ℓ_remain of the θ step (SiD loss; may be negative)."""
     loss_forget: float
+    """Mean ℓ_forget of the θ step."""
     grad_remain_norm: float
+    """‖∇_θ mean ℓ_remain‖."""
     grad_forget_norm: float
+    """‖∇_θ mean ℓ_forget‖."""
     dloss_dlam: float
+    """∂L_θ/∂λ."""
     update_norm: float
+    """‖∇_θ L_θ‖ before element-wise clipping."""
     probe_forget_p: float
+    """Mean classifier probability p(c_f | G(z, c_f)) over the forget probe, after the step."""
     probe_remain_p: float
+    """Mean p(c | G(z, c)) over the remaining-class probe, after the step."""
 
 
-class SFDEngine:
-    """Teacher ε_φ (frozen), fake score ε_ψ and generator ε_θ, all from one pretrained (EMA) UNet.
+SFD_STAT_NAMES = SFDStepStats.names()
+"""The field names of :class:`SFDStepStats`, in the order of the engine's stats tensor."""
+
+
+def _stack(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v.unsqueeze(0).repeat(n, *([1] * v.ndim)) for k, v in tensors.items()}
+
+
+class SFDEngine(RunEngine):
+    """N SFD runs: teacher ε_φ (frozen, once), and per run a fake score ε_ψ and a generator ε_θ.
+
+    Each run i has its own generator weights θ_i, fake-score weights ψ_i, EMA of θ_i and two Adam
+    states (moments and step count), stacked along a leading run dimension, its own
+    ``torch.Generator`` (z, c, t, ε and the probe) and its own fixed probe; the pretrained (EMA)
+    weights are kept once, as the frozen teacher and as :meth:`restore`'s source. One
+    :meth:`update` advances every run by one SFD iteration:
+
+    1. draw each run's batch (z, c, t, ε of both steps) from its own generator;
+    2. ψ step: ∇_ψ L_ψ on the detached generator samples, each entry clipped to ±``clip_value``,
+       then Adam (betas (0, 0.999), the run's own step count);
+    3. θ step against the teacher and the updated ψ: ∇_θ L_θ at the run's λ_i and mixture π_i,
+       clipped element-wise, Adam, then the EMA of θ;
+    4. classify each run's fixed probe G_θ(z, c) with its new weights;
+    5. copy one (N, k) statistics tensor to the host.
+
+    The per-run gradients of steps 2–3 and the probe of step 4 are mapped over the runs by the
+    executor: "loop" (the CPU default; run i is computed exactly as a one-run engine seeded like it
+    computes it) or "vmap" (``torch.func.vmap`` over the stacks, math attention; the CUDA default).
+    The Adam steps are elementwise over the stacks. The step has no host synchronisation other than
+    the copy of step 5 and no Python branch on tensor values.
 
     Args:
-        unet: the pretrained ε-network; it becomes the generator θ (trained in place).
+        unet: the pretrained ε-network; its weights become the frozen teacher and every run's start.
         forget_class: c_f, the label whose samples are to be forgotten.
         remain_classes: the other labels (the ψ/θ remain terms draw c uniformly from them).
         config: SFD's constants.
-        device: where the three networks live.
+        device: where the networks live.
         classifier: the scenario's classifier for the probe (None: no probe, probe stats NaN).
-        probe_size: probe inputs z per class.
+        probe_size: probe inputs z per class (0: no probe).
         scheduler_config: the DDPM scheduler's config (γ_t, σ_t).
+        num_runs: N, the number of independent runs (>= 1).
+        executor: "auto", "vmap" or "loop".
     """
+
+    stats_class = SFDStepStats
 
     def __init__(
         self,
@@ -75,164 +114,266 @@ class SFDEngine:
         classifier: torch.nn.Module | None = None,
         probe_size: int = 4,
         scheduler_config: dict | None = None,
+        num_runs: int = 1,
+        executor: Executor = "auto",
     ):
         if forget_class in remain_classes:
             raise ValueError(f"forget_class {forget_class} must not be one of remain_classes {list(remain_classes)}")
         if not remain_classes:
             raise ValueError("remain_classes must not be empty")
-        self.device = torch.device(device)
+        if probe_size < 0:
+            raise ValueError(f"probe_size must be >= 0, got {probe_size}")
+        N = self._init_runs(num_runs, executor, device)
         self.config = config
         self.forget_class = int(forget_class)
         self.remain_classes = torch.tensor(list(remain_classes), dtype=torch.long, device=self.device)
-        self._uniform_weights = torch.full((len(remain_classes),), 1.0 / len(remain_classes), device=self.device)
-        self.unet = unet.to(self.device).train()  # the generator ε_θ
-        self.teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
-        self.fake = copy.deepcopy(self.unet).train()
-        self.theta = dict(self.unet.named_parameters())
-        self.teacher_params = {k: v.detach() for k, v in self.teacher.named_parameters()}
-        self.psi = dict(self.fake.named_parameters())
-        self._theta_list, self._psi_list = list(self.theta.values()), list(self.psi.values())
-        self._pretrained = [p.detach().clone() for p in self._theta_list]
-        self.ema = [p.detach().clone() for p in self._theta_list]
-        self.opt_theta = torch.optim.Adam(self._theta_list, lr=config.lr, betas=config.betas)
-        self.opt_psi = torch.optim.Adam(self._psi_list, lr=config.lr, betas=config.betas)
+        K = len(remain_classes)
+        self._uniform_weights = torch.full((N, K), 1.0 / K, device=self.device)
         sched = noise_schedule(scheduler_config)
         if not config.t_star < sched.num_timesteps or not config.t_max < sched.num_timesteps:
             raise ValueError(f"t_star and t_max must be < the scheduler's {sched.num_timesteps} steps")
         self.gamma = sched.gamma.to(self.device, torch.float32)
         self.sigma = sched.sigma.to(self.device, torch.float32)
-        self.sample_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        self._module = unet.to(self.device).train().requires_grad_(False)
+        self.teacher_params = {n: p.detach() for n, p in self._module.named_parameters()}
+        """name → ε_φ's weights: the frozen teacher, once (the module's own storage); restore's source."""
+        self.params = _stack(self.teacher_params, N)
+        """name → (N, ...) the generators θ_i (updated in place, never reallocated)."""
+        self.psi = _stack(self.teacher_params, N)
+        """name → (N, ...) the fake scores ψ_i."""
+        self.ema = _stack(self.teacher_params, N)
+        """name → (N, ...) the EMAs of θ_i."""
+        self._adam = {
+            net: (
+                {n: torch.zeros_like(p) for n, p in self.params.items()},
+                {n: torch.zeros_like(p) for n, p in self.params.items()},
+                torch.zeros(N, dtype=torch.float64, device=self.device),
+            )
+            for net in ("theta", "psi")
+        }  # (exp_avg, exp_avg_sq, steps) of θ's and ψ's Adam
+        # run i's θ and ψ as autograd leaves that alias the stacks (the loop executor differentiates them)
+        self._theta_leaves = [{n: p[i].detach().requires_grad_() for n, p in self.params.items()} for i in range(N)]
+        self._psi_leaves = [{n: p[i].detach().requires_grad_() for n, p in self.psi.items()} for i in range(N)]
+        cfg = self._module.config
+        self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
-        self.probe_size = probe_size
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(0)
-        self.step_count = 0
-        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.probe_size = probe_size if classifier is not None else 0
+        self.generators = [torch.Generator(self.device).manual_seed(0) for _ in range(N)]
+        self.step_count = np.zeros(N, dtype=np.int64)
+        """(N,) iterations since each run's last restore."""
+        classes = torch.cat([torch.tensor([self.forget_class], device=self.device), self.remain_classes])
+        self._probe_labels = classes.repeat_interleave(self.probe_size)
+        """(P·(1 + K),) the probe's classes: P times c_f, then P times each remaining class."""
+        self._probe_z = torch.zeros((N, len(self._probe_labels), *self.sample_shape), device=self.device)
+        self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
 
     # -- data ----------------------------------------------------------------------------------
 
-    def seed(self, seed: int) -> None:
-        """Seed the stream of z, t, ε and redraw the probe inputs from it."""
-        self.generator.manual_seed(int(seed))
-        self._probe = self._draw_probe() if self.probe_size and self.classifier is not None else None
+    def seed(self, seeds, runs=None) -> None:
+        """Seed each run's stream of z, c, t, ε and redraw its probe inputs from it.
 
-    def _draw_probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        classes = torch.cat([torch.tensor([self.forget_class], device=self.device), self.remain_classes])
-        labels = classes.repeat_interleave(self.probe_size)
-        z = torch.randn((len(labels), *self.sample_shape), generator=self.generator, device=self.device)
-        return z, labels
-
-    @torch.no_grad()
-    def _probe_probabilities(self) -> torch.Tensor:
-        """(2,) mean classifier probability of the conditioning class on G_θ(z_probe, c): forget, remaining."""
-        if self._probe is None:
-            return torch.full((2,), float("nan"), device=self.device)
-        z, labels = self._probe
-        x = generator_sample(self.unet, self.theta, z, labels, self.gamma, self.sigma, self.config.t_star)
-        p = torch.softmax(self.classifier(x.clamp(-1, 1)), dim=1).gather(1, labels[:, None])[:, 0]
-        is_f = labels == self.forget_class
-        return torch.stack([p[is_f].mean(), p[~is_f].mean()])
-
-    # -- the update ------------------------------------------------------------------------------
-
-    def forget_target(self, target_weights: torch.Tensor | np.ndarray | None, override_class: int | None):
-        """c_p of the forget term: the override class c_o, or the π-mixture of the remaining classes."""
-        if target_weights is None:
-            if override_class is not None:
-                return torch.full((self.config.batch_size,), int(override_class), device=self.device, dtype=torch.long)
-            return self.remain_classes, self._uniform_weights
-        w = torch.as_tensor(np.asarray(target_weights, dtype=np.float32), device=self.device)
-        if w.shape != (len(self.remain_classes),):
-            raise ValueError(f"target_weights: expected shape ({len(self.remain_classes)},), got {tuple(w.shape)}")
-        return self.remain_classes, w
-
-    def update(self, lam: float, target_weights=None, override_class: int | None = None) -> SFDStepStats:
-        """One SFD iteration at balance λ (L_θ = 2(1 − λ)·w_r·ℓ_remain + 2λ·w_f·ℓ_forget).
-
-        1. draw z, c, t, ε; 2. ψ step on the detached generator samples; 3. θ step against the
-        teacher and the updated ψ; element-wise clipping, Adam, EMA of θ; 4. the probe; 5. one
-        host copy.
+        Args:
+            seeds: one int per selected run (an int is allowed when one run is selected).
+            runs: None (all runs), a bool mask (N,) or indices.
         """
-        return self._iterate(lam, target_weights, override_class, step=True)
+        idx = self._runs(runs)
+        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+        if len(seeds) != len(idx):
+            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
+        for i, s in zip(idx, seeds):
+            self.generators[i].manual_seed(s)
+            if self.probe_size:
+                shape = self._probe_z.shape[1:]
+                self._probe_z[i] = torch.randn(shape, generator=self.generators[i], device=self.device)
+                self._probe_valid[i] = True
 
-    def evaluate(self, lam: float = 0.5, target_weights=None, override_class: int | None = None) -> SFDStepStats:
-        """The statistics an iteration at λ would see, without changing the networks or optimizers."""
-        return self._iterate(lam, target_weights, override_class, step=False)
-
-    def _iterate(self, lam, target_weights, override_class, step: bool) -> SFDStepStats:
-        cfg = self.config
+    def _draw(self, i: int) -> tuple:
+        """Run i's batch for one iteration, as the fields of :class:`SFDBatch`."""
         batch = draw_sfd_batch(
-            self.sample_shape, self.remain_classes, self.forget_class, cfg, self.generator, self.device
+            self.sample_shape, self.remain_classes, self.forget_class, self.config, self.generators[i], self.device
         )
-        # ψ step on sg(x_g)
+        return tuple(getattr(batch, f.name) for f in fields(SFDBatch))
+
+    def _target_weights(self, target_weights, n: int) -> torch.Tensor:
+        """π per run as (n, K) float32: None ↦ uniform; a (K,) array ↦ every run; an (n, K) array as is."""
+        K = len(self.remain_classes)
+        if target_weights is None:
+            return self._uniform_weights[:n]
+        w = np.asarray(target_weights, dtype=np.float64)
+        if w.shape == (K,):
+            w = np.broadcast_to(w, (n, K))
+        if w.shape != (n, K):
+            raise ValueError(f"target_weights: expected shape ({K},) or ({n}, {K}), one row per run, got {w.shape}")
+        bad = [i for i in range(n) if not (np.all(np.isfinite(w[i])) and np.all(w[i] >= 0))]
+        if bad:
+            raise ValueError(f"target_weights of run {bad[0]} must be finite and >= 0, got {w[bad[0]].tolist()}")
+        return torch.as_tensor(w.astype(np.float32), device=self.device)
+
+    # -- the per-run functions -------------------------------------------------------------------
+
+    def _psi_grads(self, theta, psi, batch_fields):
+        """Step 2 of one run: (∇_ψ L_ψ, (2,) the remain and forget parts of L_ψ)."""
+        grads, remain, forget = fake_score_step(
+            self._module, theta, psi, SFDBatch(*batch_fields), self.gamma, self.sigma, self.config
+        )
+        return grads, torch.stack([remain, forget])
+
+    def _psi_losses(self, theta, psi, batch_fields) -> torch.Tensor:
+        """(2,) the remain and forget parts of L_ψ, without a gradient (evaluation)."""
+        batch, cfg = SFDBatch(*batch_fields), self.config
         with torch.no_grad():
             x_r = generator_sample(
-                self.unet, self.theta, batch.z_remain, batch.c_remain, self.gamma, self.sigma, cfg.t_star
+                self._module, theta, batch.z_remain, batch.c_remain, self.gamma, self.sigma, cfg.t_star
             )
             x_f = generator_sample(
-                self.unet, self.theta, batch.z_forget, batch.c_forget, self.gamma, self.sigma, cfg.t_star
+                self._module, theta, batch.z_forget, batch.c_forget, self.gamma, self.sigma, cfg.t_star
             )
-        loss_psi, psi_r, psi_f = fake_score_loss(
-            self.fake, self.psi, x_r, batch.c_remain, x_f, batch.c_forget, batch, self.gamma, self.sigma, cfg
-        )
-        if step:
-            grads = torch.autograd.grad(loss_psi, self._psi_list, allow_unused=True)
-            for p, g in zip(self._psi_list, grads):
-                p.grad = torch.zeros_like(p) if g is None else g
-            torch.nn.utils.clip_grad_value_(self._psi_list, cfg.clip_value)
-            self.opt_psi.step()
-            self.opt_psi.zero_grad(set_to_none=True)
-        # θ step with ψ frozen
-        target = self.forget_target(target_weights, override_class)
+            _, remain, forget = fake_score_loss(
+                self._module, psi, x_r, batch.c_remain, x_f, batch.c_forget, batch, self.gamma, self.sigma, cfg
+            )
+        return torch.stack([remain, forget])
+
+    def _theta_grads(self, theta, psi, batch_fields, lam, weights, override):
+        """Step 3 of one run: (∇_θ L_θ, (6,) [ℓ_remain, ℓ_forget, ‖g_r‖, ‖g_f‖, ∂L_θ/∂λ, ‖∇_θ L_θ‖])."""
+        target = override if override is not None else (self.remain_classes, weights)
         res = sfd_generator_step(
-            self.unet, self.theta, self.teacher_params, {k: v.detach() for k, v in self.psi.items()}, batch, lam,
-            self.gamma, self.sigma, cfg, target,
+            self._module, theta, self.teacher_params, psi, SFDBatch(*batch_fields), lam, self.gamma, self.sigma,
+            self.config, target,
         )  # fmt: skip
-        update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(res.grads))))
-        if step:
-            for p, g in zip(self._theta_list, res.grads):
-                p.grad = g
-            torch.nn.utils.clip_grad_value_(self._theta_list, cfg.clip_value)
-            self.opt_theta.step()
-            self.opt_theta.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach() for p in self._theta_list], 1.0 - cfg.ema_decay)
-            self.step_count += 1
-        probe = self._probe_probabilities()
-        stats = torch.stack(
-            [
-                psi_r.detach(),
-                psi_f.detach(),
-                res.loss_remain,
-                res.loss_forget,
-                res.grad_remain_norm,
-                res.grad_forget_norm,
-                res.dloss_dlam,
-                update_norm,
-                probe[0],
-                probe[1],
-            ]
-        ).to("cpu", torch.float64)  # the one host copy of the step
-        return SFDStepStats(*stats.tolist())
+        head = [res.loss_remain, res.loss_forget, res.grad_remain_norm, res.grad_forget_norm, res.dloss_dlam]
+        return res.grads, torch.stack([*head, global_norm(res.grads)])
 
-    # -- restore ----------------------------------------------------------------------------------
-
-    def model(self, run: int = 0) -> torch.nn.Module:
-        """The generator ε_θ (SFD has one run: ``run`` must be 0), for sampling and saving."""
-        if run != 0:
-            raise ValueError(f"SFDEngine holds one run, got run={run}")
-        return self.unet
+    def _probe_probabilities(self, theta, z, valid) -> torch.Tensor:
+        """(2,) mean classifier probability of the conditioning class on G_θ(z_probe, c): forget, remaining."""
+        if not self.probe_size:
+            return torch.full((2,), float("nan"), device=self.device)
+        labels, P = self._probe_labels, self.probe_size
+        with torch.no_grad():
+            x = generator_sample(self._module, theta, z, labels, self.gamma, self.sigma, self.config.t_star)
+            p = torch.softmax(self.classifier(x.clamp(-1, 1)), dim=1).gather(1, labels[:, None])[:, 0]
+        return torch.where(valid, torch.stack([p[:P].mean(), p[P:].mean()]), float("nan"))
 
     @torch.no_grad()
-    def restore(self) -> None:
-        """Pretrained weights in θ, ψ and the EMA; fresh Adam states; all in place on the device."""
-        torch._foreach_copy_(self._theta_list, self._pretrained)
-        torch._foreach_copy_(self._psi_list, self._pretrained)
-        torch._foreach_copy_(self.ema, self._pretrained)
-        zero_optimizer_state(self.opt_theta, self.opt_psi)
-        self.step_count = 0
+    def _step_(self, net: str, run: int | None, grads) -> None:
+        """Element-wise clipping to ±clip_value (``clip_grad_value_``), then Adam, of θ or ψ (all runs: None)."""
+        cfg = self.config
+        params = self.params if net == "theta" else self.psi
+        clipped = [g.clamp(-cfg.clip_value, cfg.clip_value) for g in grads]
+        adamw_(params, *self._adam[net], clipped, run, lr=cfg.lr, betas=cfg.betas)
+        if net == "theta":
+            sl = slice(None) if run is None else run
+            for name, p in self.params.items():
+                self.ema[name][sl].lerp_(p[sl], 1.0 - cfg.ema_decay)
+
+    # -- update / evaluate ----------------------------------------------------------------------
+
+    def _override(self, override_class: int | None, target_weights) -> torch.Tensor | None:
+        """c_o per sample of the forget term, or None when the π-mixture is used (weights given win)."""
+        if override_class is None or target_weights is not None:
+            return None
+        return torch.full((self.config.batch_size,), int(override_class), device=self.device, dtype=torch.long)
+
+    def update(self, lam, target_weights=None, override_class: int | None = None) -> RunStats:
+        """One SFD iteration of every run (steps 1–5 of the class docstring).
+
+        Args:
+            lam: λ_i per run (L_θ = 2(1 − λ)·w_r·ℓ_remain + 2λ·w_f·ℓ_forget), a scalar or (N,), in [0, 1].
+            target_weights: π over ``remain_classes`` for the forget term's teacher mixture: None
+                (uniform, or ``override_class``), (K,) for every run, or (N, K).
+            override_class: c_o of the official SFD, for every run (ignored when weights are given).
+
+        Returns:
+            The N runs' statistics (one host copy).
+        """
+        N = self.num_runs
+        lam = torch.as_tensor(self._per_run(lam, "lam", N), device=self.device)
+        weights = self._target_weights(target_weights, N)
+        override = self._override(override_class, target_weights)
+        batches = [self._draw(i) for i in range(N)]
+        if self.executor == "loop":
+            rows = []
+            for i in range(N):
+                theta, psi = self._theta_leaves[i], self._psi_leaves[i]
+                g_psi, psi_stats = self._psi_grads(theta, psi, batches[i])
+                self._step_("psi", i, g_psi)
+                psi_fixed = {k: v.detach() for k, v in psi.items()}
+                g_theta, head = self._theta_grads(theta, psi_fixed, batches[i], lam[i], weights[i], override)
+                self._step_("theta", i, g_theta)
+                probe = self._probe_probabilities(theta, self._probe_z[i], self._probe_valid[i])
+                rows.append(torch.cat([psi_stats, head, probe]))
+            stats = torch.stack(rows)
+        else:
+            stacked = tuple(torch.stack(parts) for parts in zip(*batches))
+            with _math_attention():
+                g_psi, psi_stats = vmap(self._psi_grads)(self.params, self.psi, stacked)
+                self._step_("psi", None, g_psi)
+                g_theta, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
+                    self.params, self.psi, stacked, lam, weights
+                )
+                self._step_("theta", None, g_theta)
+                probe = vmap(self._probe_probabilities)(self.params, self._probe_z, self._probe_valid)
+            stats = torch.cat([psi_stats, head, probe], dim=1)
+        self.step_count += 1
+        return self._to_host(stats)
+
+    def evaluate(self, lam=0.5, target_weights=None, override_class: int | None = None, runs=None) -> RunStats:
+        """The statistics an iteration at λ would see for ``runs`` (None: all), without changing any network.
+
+        Draws each selected run's batch from its generator (as an update would); other runs are
+        untouched. ``lam`` and ``target_weights`` have one entry (row) per selected run, or one for
+        all. Returns one row per selected run, in run order.
+        """
+        idx = self._runs(runs)
+        n = len(idx)
+        lam = torch.as_tensor(self._per_run(lam, "lam", n), device=self.device)
+        weights = self._target_weights(target_weights, n)
+        override = self._override(override_class, target_weights)
+        batches = [self._draw(i) for i in idx]
+        if self.executor == "loop":
+            rows = []
+            for j, i in enumerate(idx):
+                theta, psi = self._theta_leaves[i], {k: v.detach() for k, v in self._psi_leaves[i].items()}
+                psi_stats = self._psi_losses(theta, psi, batches[j])
+                _, head = self._theta_grads(theta, psi, batches[j], lam[j], weights[j], override)
+                probe = self._probe_probabilities(theta, self._probe_z[i], self._probe_valid[i])
+                rows.append(torch.cat([psi_stats, head, probe]))
+            stats = torch.stack(rows)
+        else:
+            sel = torch.as_tensor(idx, device=self.device)
+            theta = {name: p[sel] for name, p in self.params.items()}
+            psi = {name: p[sel] for name, p in self.psi.items()}
+            stacked = tuple(torch.stack(parts) for parts in zip(*batches))
+            with _math_attention():
+                psi_stats = vmap(self._psi_losses)(theta, psi, stacked)
+                _, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
+                    theta, psi, stacked, lam, weights
+                )
+                probe = vmap(self._probe_probabilities)(theta, self._probe_z[sel], self._probe_valid[sel])
+            stats = torch.cat([psi_stats, head, probe], dim=1)
+        return self._to_host(stats)
+
+    # -- restore, EMA ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def use_ema(self) -> None:
-        """Copy the EMA weights into the generator (e.g. before a final evaluation)."""
-        torch._foreach_copy_(self._theta_list, self.ema)
+    def restore(self, runs=None) -> None:
+        """Pretrained weights in θ, ψ and the EMA and fresh Adam states for ``runs`` (None: all).
+
+        In place on the device; the other runs are untouched.
+        """
+        for i in self._runs(runs):
+            for name, w in self.teacher_params.items():
+                for stack in (self.params, self.psi, self.ema):
+                    stack[name][i].copy_(w)
+            for exp_avg, exp_avg_sq, steps in self._adam.values():
+                for name in self.params:
+                    exp_avg[name][i].zero_()
+                    exp_avg_sq[name][i].zero_()
+                steps[i] = 0
+            self.step_count[i] = 0
+
+    @torch.no_grad()
+    def use_ema(self, runs=None) -> None:
+        """Copy the EMA weights into the generators of ``runs`` (None: all), e.g. before a final evaluation."""
+        for i in self._runs(runs):
+            for name, p in self.params.items():
+                p[i].copy_(self.ema[name][i])

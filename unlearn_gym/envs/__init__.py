@@ -1,9 +1,13 @@
 """Gymnasium environments (registered at ``import unlearn_gym``), the batched vector env, its SB3 adapter and opt-in wrappers."""
 
-__all__ = ["SISSEnv", "SFDEnv", "HybridEnv", "EpisodeEndSamples", "UnlearningVectorEnv", "SB3VecEnv"]
+__all__ = ["UnlearningEnv", "SISSEnv", "SFDEnv", "HybridEnv", "EpisodeEndSamples", "UnlearningVectorEnv", "SB3VecEnv"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch
+    if name == "UnlearningEnv":
+        from .base import UnlearningEnv
+
+        return UnlearningEnv
     if name == "SISSEnv":
         from .siss_env import SISSEnv
 

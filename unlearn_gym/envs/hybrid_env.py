@@ -71,6 +71,7 @@ class HybridEnv(SISSEnv):
         from ..engine import HybridEngine
         from ..objectives.hybrid import HybridConfig
 
+        self._load_scenario(model_config)
         cfg, scen = self.config, self.scenario
         targets = cfg.target_classes
         if targets is None:

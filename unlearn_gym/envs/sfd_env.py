@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
-from .siss_env import log_ratio, parse_env_config, resolve_device
+from .base import DecodedAction, RunEpisode, UnlearningEnv, log_ratio
 
 __all__ = ["SFDEnv", "SFDEnvConfig"]
 
@@ -45,7 +43,11 @@ class SFDEnvConfig:
     probe_size: int = 4
     """Probe inputs z per class."""
     alpha: float = 0.01
+    """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
     beta: float = 1.0
+    """Weight of the degradation penalty."""
+    degradation_penalty: Literal["increment", "level"] = "increment"
+    """"increment": −β·(d⁺_t − d⁺_{t−1}); "level": −β·d⁺_t at every step (as SISS-v0's)."""
     divergence_penalty: float = 10.0
     obs_clip: float = 10.0
     render_samples: int = 4
@@ -53,6 +55,8 @@ class SFDEnvConfig:
     def __post_init__(self) -> None:
         if self.action_mode not in ("balance", "targets", "both"):
             raise ValueError(f"action_mode must be 'balance', 'targets' or 'both', got {self.action_mode!r}")
+        if self.degradation_penalty not in ("increment", "level"):
+            raise ValueError(f"degradation_penalty must be 'increment' or 'level', got {self.degradation_penalty!r}")
         for name in ("horizon", "batch_size", "render_samples", "probe_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -62,7 +66,7 @@ class SFDEnvConfig:
             raise ValueError("target_temperature and obs_clip must be > 0")
 
 
-class SFDEnv(gym.Env):
+class SFDEnv(UnlearningEnv):
     """Erasing one class from a class-conditional DDPM with SFD, one iteration per step.
 
     ## Description
@@ -93,44 +97,45 @@ class SFDEnv(gym.Env):
     (generator inputs z per class, drawn at reset) classified after every step: efficacy
     e_t = p_f,0 − p_f,t, the fall of the mean classifier probability of c_f on G(z, c_f);
     degradation d_t = p_r,0 − p_r,t, the fall of p(c | G(z, c)) over the remaining classes.
+    (``degradation_penalty="level"`` charges −β·d⁺_t at every step instead.) A divergent step
+    (non-finite statistics) gets −``divergence_penalty``.
 
     ## Episode End
 
-    Truncation after ``horizon`` iterations; termination when one diverges.
+    Truncation after ``horizon`` iterations; termination when one diverges
+    (``info["diverged"] = True``).
 
     ## Arguments
 
     The fields of :class:`SFDEnvConfig`. ``render()`` ("rgb_array") draws the generator's
-    one-step samples, one row per label.
+    one-step samples, one row per label. ``reset`` takes no options.
+    ``gymnasium.make_vec("unlearn_gym/SFD-v0", num_envs=N, vectorization_mode="vector_entry_point")``
+    runs N seeds in one N-run engine (:class:`~unlearn_gym.envs.vector.UnlearningVectorEnv`).
 
     ## Version History
 
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    config_class = SFDEnvConfig
+    obs_names = OBS_NAMES
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        self.config = cfg = parse_env_config(self, SFDEnvConfig, kwargs, render_mode)
-        self.render_mode = render_mode
+    # -- construction --------------------------------------------------------------------------
 
-        from ..assets import bundled_model_dir
+    def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
         from ..metrics.classifier import classifier_dir_for, load_classifier
-        from ..models.checkpoint import load_model
         from ..objectives.sfd import SFDConfig
         from ..sfd_engine import SFDEngine
 
-        device = resolve_device(cfg.device)
-        checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
-        unet, model_config = load_model(checkpoint, device)
+        cfg = self.config
         self.num_labels = int(model_config["scenario"]["num_labels"])
         if not 0 <= cfg.forget_class < self.num_labels:
             raise ValueError(f"forget_class must be a label in [0, {self.num_labels}), got {cfg.forget_class}")
         self.remain_classes = [c for c in range(self.num_labels) if c != cfg.forget_class]
         if cfg.override_class is not None and cfg.override_class not in self.remain_classes:
             raise ValueError(f"override_class must be one of the remaining labels {self.remain_classes}")
-        classifier = load_classifier(classifier_dir_for(checkpoint, model_config, cfg.classifier), device)
-        self.engine = SFDEngine(
+        classifier = load_classifier(classifier_dir_for(self.checkpoint, model_config, cfg.classifier), device)
+        return SFDEngine(
             unet,
             cfg.forget_class,
             self.remain_classes,
@@ -139,19 +144,13 @@ class SFDEnv(gym.Env):
             classifier=classifier,
             probe_size=cfg.probe_size,
             scheduler_config=model_config.get("scheduler"),
+            num_runs=num_runs,
+            executor=executor,
         )
-        self.device = device
-        self.model_config = model_config
+
+    def _action_dim(self) -> int:
         K = len(self.remain_classes)
-        k = {"balance": 1, "targets": K, "both": 1 + K}[cfg.action_mode]
-        self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
-        self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(OBS_NAMES),), np.float32)
-        self._ref: np.ndarray | None = None
-        self._t = 0
-        self._lam_prev = cfg.mixture_lambda
-        self._efficacy_prev = self._damage_prev = 0.0
-        self._needs_reset = True
-        self._last_obs: np.ndarray | None = None
+        return {"balance": 1, "targets": K, "both": 1 + K}[self.config.action_mode]
 
     @property
     def sampler(self) -> dict:
@@ -162,25 +161,20 @@ class SFDEnv(gym.Env):
     def forget_class(self) -> int:
         return self.config.forget_class
 
-    def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        return log_ratio(value, ref, self.config.obs_clip)
+    # -- actions, observations, rewards ----------------------------------------------------------
 
-    def _obs(self, s: np.ndarray, lam: float) -> np.ndarray:
-        # At reset ψ = θ = the teacher, so the remain term's gradient is ~0: the norms are compared
-        # as log((‖g‖ + δ)/(‖g⁰‖ + δ)) with δ = 1% of ‖g⁰_remain‖ + ‖g⁰_forget‖.
-        delta = 0.01 * (self._ref[4] + self._ref[5])
-        losses = self._log_ratio(s[[0, 1]], self._ref[[0, 1]])
-        grads = self._log_ratio(s[[4, 5]] + delta, self._ref[[4, 5]] + delta)
-        feats = np.concatenate([losses, grads])
-        return np.concatenate([feats, [lam, self._t / self.config.horizon]]).astype(np.float32)
+    def decode_action(self, action) -> DecodedAction:
+        """Validate one run's action and map it: λ = (a₀ + 1)/2 and/or π = softmax(a/τ), per ``action_mode``.
 
-    def _decode(self, action) -> tuple[float, np.ndarray | None, np.ndarray]:
+        Raises:
+            ValueError: the shape is not ``action_space.shape`` or a value is NaN or ±inf.
+        """
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != self.action_space.shape:
             raise ValueError(f"action: expected shape {self.action_space.shape}, got {np.asarray(action).shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {a.tolist()}")
-        a = np.clip(a, -1.0, 1.0)
+        raw, a = a, np.clip(a, -1.0, 1.0)
         cfg = self.config
         lam, weights = cfg.mixture_lambda, None
         if cfg.action_mode in ("balance", "both"):
@@ -189,83 +183,54 @@ class SFDEnv(gym.Env):
             logits = a[-len(self.remain_classes) :] / cfg.target_temperature
             w = np.exp(logits - logits.max())
             weights = w / w.sum()
-        return lam, weights, a
+        info = {} if weights is None else {"target_weights": weights.tolist()}
+        return DecodedAction(np.array([lam]), raw, lam, {"lam": lam, "target_weights": weights}, info)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+    @property
+    def reference_kwargs(self) -> dict[str, Any]:
+        return {"lam": self.config.mixture_lambda, "target_weights": None, "override_class": self.config.override_class}
+
+    @property
+    def update_constants(self) -> dict[str, Any]:
+        return {"override_class": self.config.override_class}
+
+    def features(self, ep: RunEpisode, stats) -> np.ndarray:
+        """[log L_ψ,r/L⁰_ψ,r, log L_ψ,f/L⁰_ψ,f, log (‖g_r‖ + δ)/(‖g⁰_r‖ + δ), log (‖g_f‖ + δ)/(‖g⁰_f‖ + δ)]."""
+        # At reset ψ = θ = the teacher, so the remain term's gradient is ~0: the norms are compared
+        # as log((‖g‖ + δ)/(‖g⁰‖ + δ)) with δ = 1% of ‖g⁰_remain‖ + ‖g⁰_forget‖.
+        ref, clip = ep.ref, self.config.obs_clip
+        delta = 0.01 * (ref.grad_remain_norm + ref.grad_forget_norm)
+        losses = log_ratio(
+            np.array([stats.loss_psi_remain, stats.loss_psi_forget]),
+            np.array([ref.loss_psi_remain, ref.loss_psi_forget]),
+            clip,
+        )
+        grads = log_ratio(
+            np.array([stats.grad_remain_norm, stats.grad_forget_norm]) + delta,
+            np.array([ref.grad_remain_norm, ref.grad_forget_norm]) + delta,
+            clip,
+        )
+        return np.concatenate([losses, grads])
+
+    def efficacy_degradation(self, ep: RunEpisode, stats) -> tuple[float, float]:
+        """e_t = p_f,0 − p_f,t and d_t = p_r,0 − p_r,t of the probe's classifier probabilities."""
+        return (
+            float(ep.ref.probe_forget_p - stats.probe_forget_p),
+            float(ep.ref.probe_remain_p - stats.probe_remain_p),
+        )
+
+    def check_reset_options(self, options: dict | None) -> None:
+        """SFD-v0 takes no reset options (no instances)."""
         if options:
             raise ValueError(f"reset: SFD-v0 takes no options, got {sorted(options)}")
-        self.engine.restore()
-        self.engine.seed(int(self.np_random.integers(2**63 - 1)))
-        cfg = self.config
-        ref = self.engine.evaluate(cfg.mixture_lambda, None, cfg.override_class)
-        self._ref = ref.as_array()
-        self._t = 0
-        self._lam_prev = cfg.mixture_lambda
-        self._efficacy_prev = self._damage_prev = 0.0
-        self._needs_reset = False
-        self._last_obs = self._obs(self._ref, cfg.mixture_lambda)
-        info = {"reference": ref.as_dict(), "forget_class": cfg.forget_class, "remain_classes": self.remain_classes}
-        return self._last_obs.copy(), info
+        return None
 
-    def step(self, action):
-        if self._needs_reset:
-            raise RuntimeError("SFDEnv.step called before reset() or after the episode ended; call reset() first")
-        cfg = self.config
-        lam, weights, _ = self._decode(action)
-        stats = self.engine.update(lam, weights, cfg.override_class)
-        self._t += 1
-        smooth = cfg.alpha * abs(lam - self._lam_prev)
-        info: dict[str, Any] = {"lam": lam, "step": self._t, **stats.as_dict()}
-        if weights is not None:
-            info["target_weights"] = weights.tolist()
-        if not stats.finite:
-            info |= {"diverged": True, "reward_efficacy_gain": 0.0, "reward_smoothness": -smooth}
-            info["reward_degradation"] = 0.0
-            self._needs_reset = True
-            return self._last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
-        s = stats.as_array()
-        efficacy = float(self._ref[8] - stats.probe_forget_p)
-        degradation = float(self._ref[9] - stats.probe_remain_p)
-        gain = efficacy - self._efficacy_prev
-        damage = max(0.0, degradation)
-        penalty = cfg.beta * (damage - self._damage_prev)
-        reward = gain - smooth - penalty
-        self._efficacy_prev, self._damage_prev, self._lam_prev = efficacy, damage, lam
-        self._last_obs = self._obs(s, lam)
-        truncated = self._t >= cfg.horizon
-        self._needs_reset = truncated
-        info |= {
-            "diverged": False,
-            "efficacy": efficacy,
-            "degradation": degradation,
-            "reward_efficacy_gain": gain,
-            "reward_smoothness": -smooth,
-            "reward_degradation": -penalty,
-        }
-        return self._last_obs.copy(), float(reward), False, truncated, info
+    def reset_info(self, ep: RunEpisode) -> dict[str, Any]:
+        return {"forget_class": self.config.forget_class, "remain_classes": self.remain_classes}
 
-    def render(self):
-        """An H×W×3 uint8 grid of one-step generator samples: one row per label, fixed noise."""
-        if self.render_mode != "rgb_array":
-            return None
-        import torch
-
-        from ..models.sampling import sample_per_label
-
-        n = self.config.render_samples
-        images, _ = sample_per_label(
-            self.engine.model(),
-            self.num_labels,
-            n,
-            seed=0,
-            sampler=self.sampler,
-            scheduler_config=self.model_config.get("scheduler"),
-        )
-        img = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-        _, c, h, w = img.shape
-        grid = img.view(self.num_labels, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(self.num_labels * h, n * w, c)
-        return np.repeat(grid.numpy(), 3, axis=2) if c == 1 else grid.numpy()
+    def render_kwargs(self) -> dict[str, Any]:
+        """The one-step generator's samples."""
+        return {"sampler": self.sampler}
 
     def save_generator(self, directory: str | Path) -> Path:
         """Save the generator θ as a model directory whose config says ``sampler: one-step`` (for ``evaluate``)."""
@@ -274,6 +239,6 @@ class SFDEnv(gym.Env):
         config = {
             **self.model_config,
             "sampler": self.sampler,
-            "sfd": {"forget_class": self.config.forget_class, "steps": self.engine.step_count},
+            "sfd": {"forget_class": self.config.forget_class, "steps": int(self.engine.step_count[0])},
         }
         return save_model(self.engine.model(), directory, config)

@@ -2,81 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
+
+from .base import DecodedAction, RunEpisode, UnlearningEnv, log_ratio
 
 __all__ = ["SISSEnv", "SISSEnvConfig", "RunEpisode", "DecodedAction"]
 
 OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", "lam_prev", "progress")
 RESET_OPTIONS = ("instance",)
-
-
-def log_ratio(value: np.ndarray, ref: np.ndarray, clip: float) -> np.ndarray:
-    """log(value/ref), both floored at 1e-30, NaN ↦ 0, clipped to ±clip: the observation features."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.log(np.maximum(value, 1e-30) / np.maximum(ref, 1e-30))
-    return np.clip(np.nan_to_num(r, nan=0.0), -clip, clip)
-
-
-def parse_env_config(env: gym.Env, config_class: type, kwargs: dict, render_mode: str | None):
-    """``config_class(**kwargs)`` with a clear error for unknown keywords and render modes."""
-    known = {f.name for f in fields(config_class)}
-    unknown = set(kwargs) - known
-    if unknown:
-        raise TypeError(f"{type(env).__name__}: unknown keyword(s) {sorted(unknown)}; expected some of {sorted(known)}")
-    if render_mode is not None and render_mode not in env.metadata["render_modes"]:
-        raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-    return config_class(**kwargs)
-
-
-def resolve_device(name: str) -> str:
-    """ "auto" ↦ "cuda" when CUDA is present, else "cpu"; anything else as given."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class RunEpisode:
-    """One run's episode bookkeeping: the single env holds one, the vector env one per run."""
-
-    ref: np.ndarray | None = None
-    """The ``FEATURE_STATS`` at reset, then the probe losses p_r⁰, p_f⁰."""
-    t: int = 0
-    """Updates since reset."""
-    lam_prev: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    """λ_{t−1} (the applied action values)."""
-    efficacy_prev: float = 0.0
-    """e_{t−1}."""
-    damage_prev: float = 0.0
-    """d⁺_{t−1}."""
-    needs_reset: bool = True
-    """True before the first reset and after the episode ended."""
-    last_obs: np.ndarray | None = None
-    """The last observation (returned again on a divergent step)."""
-    instance: int | None = None
-    """The instance of the run's forget set (None: the whole forget set)."""
-
-
-@dataclass(frozen=True)
-class DecodedAction:
-    """An action mapped to the update's arguments."""
-
-    lam_vec: np.ndarray
-    """(k,) the applied values in [0, 1] (λ, λ_s or both)."""
-    raw: np.ndarray
-    """(k,) the action as received (float64)."""
-    lam: float
-    """The mixture weight λ of the update."""
-    forget_scale: float
-    """The forget-strength multiplier of S."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +82,7 @@ class SISSEnvConfig:
             raise ValueError(f"forget_subset must be None or >= 1, got {self.forget_subset}")
 
 
-class SISSEnv(gym.Env):
+class SISSEnv(UnlearningEnv):
     """Unlearning a contaminating concept from a class-conditional DDPM, one SISS update per step.
 
     ## Description
@@ -202,53 +138,12 @@ class SISSEnv(gym.Env):
       so that returns measure the final outcome; ``degradation_penalty="level"`` keeps the old form).
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
     config_class = SISSEnvConfig
+    obs_names = OBS_NAMES
     FEATURE_STATS = ("loss_r", "loss_f", "grad_r_norm", "grad_f_norm")
     """The engine statistics behind the four log-ratio features of the observation."""
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        self._setup(render_mode, kwargs, num_runs=1, executor="auto")
-
-    @classmethod
-    def with_runs(cls, num_runs: int, executor: str = "auto", **kwargs: Any):
-        """This env's construction with an engine of ``num_runs`` runs, for the vector env.
-
-        The object holds the config, scenario and N-run engine and provides the per-run action
-        decoding, observation and reward (:meth:`decode_action`, :meth:`begin_episode`,
-        :meth:`advance_episode`); its own ``reset``/``step`` are for N = 1 only.
-        """
-        env = cls.__new__(cls)
-        env._setup(None, kwargs, num_runs=num_runs, executor=executor)
-        return env
-
-    def _setup(self, render_mode: str | None, kwargs: dict, num_runs: int, executor: str) -> None:
-        self.config = cfg = parse_env_config(self, self.config_class, kwargs, render_mode)
-        self.render_mode = render_mode
-
-        from ..assets import bundled_model_dir
-        from ..data.scenarios import scenario_of_checkpoint
-        from ..models.checkpoint import load_model
-
-        device = resolve_device(cfg.device)
-        checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
-        unet, model_config = load_model(checkpoint, device)
-        self.scenario = scenario_of_checkpoint(model_config, **(cfg.scenario_kwargs or {}))
-        self._full_forget = self.scenario.forget
-        self.engine = self._make_engine(unet, model_config, device, num_runs=num_runs, executor=executor)
-        self.device = device
-        self._scheduler_config = model_config.get("scheduler")
-
-        k = 2 if cfg.action_mode == "both" else 1
-        self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
-        self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(OBS_NAMES),), np.float32)
-        self._episode = RunEpisode(lam_prev=np.zeros(k))
-
-    @property
-    def _ref(self) -> np.ndarray | None:
-        return self._episode.ref
-
-    # -- helpers -----------------------------------------------------------------------------
+    # -- construction --------------------------------------------------------------------------
 
     def _siss_config(self):
         from ..objectives.siss import SISSConfig
@@ -258,9 +153,17 @@ class SISSEnv(gym.Env):
             objective=cfg.objective, surgery=cfg.surgery, scale=cfg.scale, batch_size=cfg.batch_size, lr=cfg.lr
         )
 
+    def _load_scenario(self, model_config: dict) -> None:
+        from ..data.scenarios import scenario_of_checkpoint
+
+        self.scenario = scenario_of_checkpoint(model_config, **(self.config.scenario_kwargs or {}))
+        self.num_labels = self.scenario.num_labels
+        self._full_forget = self.scenario.forget
+
     def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
         from ..engine import UnlearningEngine
 
+        self._load_scenario(model_config)
         return UnlearningEngine(
             unet,
             self.scenario.retain,
@@ -274,15 +177,10 @@ class SISSEnv(gym.Env):
             executor=executor,
         )
 
-    def _features(self, stats) -> np.ndarray:
-        return np.array([getattr(stats, name) for name in self.FEATURE_STATS], dtype=np.float64)
+    def _action_dim(self) -> int:
+        return 2 if self.config.action_mode == "both" else 1
 
-    def _log_ratio(self, value: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        return log_ratio(value, ref, self.config.obs_clip)
-
-    def _obs(self, ep: RunEpisode, feats: np.ndarray, lam_mix: float) -> np.ndarray:
-        feats = self._log_ratio(feats, ep.ref[:4])
-        return np.concatenate([feats, [lam_mix, ep.t / self.config.horizon]]).astype(np.float32)
+    # -- actions, observations, rewards ----------------------------------------------------------
 
     def decode_action(self, action) -> DecodedAction:
         """Validate one run's action and map it: λ = (a + 1)/2 clipped to [0, 1], per ``action_mode``.
@@ -305,7 +203,27 @@ class SISSEnv(gym.Env):
             lam, forget_scale = cfg.mixture_lambda, float(lam_vec[0]) * cfg.max_scale / max(cfg.scale, 1e-12)
         else:
             lam, forget_scale = float(lam_vec[0]), float(lam_vec[1]) * cfg.max_scale / max(cfg.scale, 1e-12)
-        return DecodedAction(lam_vec, a, lam, forget_scale)
+        info = {"forget_scale_S": forget_scale * cfg.scale, "action_clipped": bool(np.any(np.abs(a) > 1.0))}
+        return DecodedAction(lam_vec, a, lam, {"lam": lam, "forget_scale": forget_scale}, info)
+
+    def initial_lam(self) -> np.ndarray:
+        lam0, mode = self.config.mixture_lambda, self.config.action_mode
+        return np.array([lam0] if mode == "mixture" else [0.5] if mode == "forget-strength" else [lam0, 0.5])
+
+    def features(self, ep: RunEpisode, stats) -> np.ndarray:
+        """[log ℓ_r/ℓ_r⁰, log ℓ_f/ℓ_f⁰, log ‖∇ℓ_r‖/‖∇ℓ_r⁰‖, log ‖∇ℓ_f‖/‖∇ℓ_f⁰‖] of ``FEATURE_STATS``."""
+        value = np.array([getattr(stats, name) for name in self.FEATURE_STATS], dtype=np.float64)
+        ref = np.array([getattr(ep.ref, name) for name in self.FEATURE_STATS], dtype=np.float64)
+        return log_ratio(value, ref, self.config.obs_clip)
+
+    def efficacy_degradation(self, ep: RunEpisode, stats) -> tuple[float, float]:
+        """e_t = log(p_f,t/p_f,0), d_t = log(p_r,t/p_r,0) of the probe's forget and retain losses."""
+        clip = self.config.obs_clip
+        efficacy = float(log_ratio(np.array([stats.probe_f]), np.array([ep.ref.probe_f]), clip)[0])
+        degradation = float(log_ratio(np.array([stats.probe_r]), np.array([ep.ref.probe_r]), clip)[0])
+        return efficacy, degradation
+
+    # -- instances, reset info, render -------------------------------------------------------------
 
     def check_reset_options(self, options: dict | None) -> int | None:
         """The ``instance`` of ``reset(options=...)`` (None: the whole forget set), validated."""
@@ -329,110 +247,9 @@ class SISSEnv(gym.Env):
             self.engine.set_forget(forget, runs=[run])
             ep.instance = instance
 
-    def begin_episode(self, ep: RunEpisode, ref) -> tuple[np.ndarray, dict]:
-        """Start ``ep`` from the reset statistics ``ref`` (the engine's evaluation at λ_{−1}): (obs, info)."""
-        cfg = self.config
-        lam0 = cfg.mixture_lambda
-        ep.ref = np.concatenate([self._features(ref), [ref.probe_r, ref.probe_f]])
-        ep.t = 0
-        ep.lam_prev = np.array(
-            [lam0] if cfg.action_mode == "mixture" else [0.5] if cfg.action_mode == "forget-strength" else [lam0, 0.5]
-        )
-        ep.efficacy_prev = 0.0
-        ep.damage_prev = 0.0
-        ep.needs_reset = False
-        obs = self._obs(ep, ep.ref[:4], lam0)
-        ep.last_obs = obs
-        return obs, {"instance": ep.instance, "reference": ref.as_dict()}
+    def reset_info(self, ep: RunEpisode) -> dict[str, Any]:
+        return {"instance": ep.instance}
 
-    def advance_episode(
-        self, ep: RunEpisode, decoded: DecodedAction, stats, limit: int | None = None
-    ) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Advance ``ep`` by the update that gave ``stats``: (obs, reward, terminated, truncated, info).
-
-        ``limit``: the step that truncates (default ``horizon``).
-        """
-        cfg = self.config
-        lam_vec, lam, forget_scale = decoded.lam_vec, decoded.lam, decoded.forget_scale
-        ep.t += 1
-        info: dict[str, Any] = {
-            "lam": lam,
-            "forget_scale_S": forget_scale * cfg.scale,
-            "action_clipped": bool(np.any(np.abs(decoded.raw) > 1.0)),
-            "step": ep.t,
-            **stats.as_dict(),
-        }
-        smooth = cfg.alpha * float(np.abs(lam_vec - ep.lam_prev).sum())
-        if not stats.finite:
-            info |= {"diverged": True, "efficacy": float("nan"), "degradation": float("nan")}
-            info |= {"reward_efficacy_gain": 0.0, "reward_smoothness": -smooth, "reward_degradation": 0.0}
-            ep.needs_reset = True
-            return ep.last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
-        efficacy = float(self._log_ratio(np.array([stats.probe_f]), ep.ref[5:6])[0])
-        degradation = float(self._log_ratio(np.array([stats.probe_r]), ep.ref[4:5])[0])
-        gain = efficacy - ep.efficacy_prev
-        damage = max(0.0, degradation)
-        if cfg.degradation_penalty == "increment":
-            penalty = cfg.beta * (damage - ep.damage_prev)
-        else:
-            penalty = cfg.beta * damage
-        reward = gain - smooth - penalty
-        ep.efficacy_prev = efficacy
-        ep.damage_prev = damage
-        ep.lam_prev = lam_vec
-        obs = self._obs(ep, self._features(stats), lam)
-        ep.last_obs = obs
-        truncated = ep.t >= (cfg.horizon if limit is None else limit)
-        if truncated:
-            ep.needs_reset = True
-        info |= {
-            "diverged": False,
-            "efficacy": efficacy,
-            "degradation": degradation,
-            "reward_efficacy_gain": gain,
-            "reward_smoothness": -smooth,
-            "reward_degradation": -penalty,
-        }
-        return obs, float(reward), False, truncated, info
-
-    # -- Gymnasium API -------------------------------------------------------------------------
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        instance = self.check_reset_options(options)
-        self.select_instance(self._episode, instance)
-        self.engine.restore()
-        self.engine.seed(int(self.np_random.integers(2**63 - 1)))
-        ref = self.engine.evaluate(self.config.mixture_lambda, 1.0)[0]
-        return self.begin_episode(self._episode, ref)
-
-    def step(self, action):
-        if self._episode.needs_reset:
-            raise RuntimeError("SISSEnv.step called before reset() or after the episode ended; call reset() first")
-        decoded = self.decode_action(action)
-        stats = self.engine.update(decoded.lam, decoded.forget_scale)[0]
-        return self.advance_episode(self._episode, decoded, stats)
-
-    def render(self):
-        """An H×W×3 uint8 grid: one row per label, ``render_samples`` DDIM samples each."""
-        if self.render_mode != "rgb_array":
-            return None
-        import torch
-
-        from ..models.sampling import sample_per_label
-
-        # A fixed seed: every render shows the same initial noise, so successive frames show how
-        # the model changed; and rendering leaves the env's RNG untouched.
-        images, _ = sample_per_label(
-            self.engine.model(),
-            self.scenario.num_labels,
-            self.config.render_samples,
-            seed=0,
-            num_inference_steps=self.config.render_ddim_steps,
-            scheduler_config=self._scheduler_config,
-        )
-        L, n = self.scenario.num_labels, self.config.render_samples
-        img = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-        _, c, h, w = img.shape
-        grid = img.view(L, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(L * h, n * w, c)
-        return np.repeat(grid.numpy(), 3, axis=2) if c == 1 else grid.numpy()
+    def render_kwargs(self) -> dict[str, Any]:
+        """DDIM samples with ``render_ddim_steps`` steps."""
+        return {"num_inference_steps": self.config.render_ddim_steps}

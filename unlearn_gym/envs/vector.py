@@ -1,10 +1,11 @@
 """N unlearning runs as one native Gymnasium vector env over one N-run engine.
 
 ``gymnasium.make_vec("unlearn_gym/SISS-v0", num_envs=N, vectorization_mode="vector_entry_point")``
-(and ``Hybrid-v0``) returns an :class:`UnlearningVectorEnv`: every ``step`` advances all N runs in
-one batched engine update (:class:`~unlearn_gym.engine.UnlearningEngine`), and run i behaves as
-the single env seeded like run i. The action decoding, observation and reward are the single
-env's own (:meth:`SISSEnv.decode_action`, :meth:`SISSEnv.advance_episode`); this module only
+(and ``SFD-v0``, ``Hybrid-v0``) returns an :class:`UnlearningVectorEnv`: every ``step`` advances
+all N runs in one batched engine update (:class:`~unlearn_gym.engine.UnlearningEngine`,
+:class:`~unlearn_gym.sfd_engine.SFDEngine`), and run i behaves as the single env seeded like run
+i. The action decoding, observation and reward are the single env's own
+(:meth:`UnlearningEnv.decode_action`, :meth:`UnlearningEnv.advance_episode`); this module only
 batches them.
 """
 
@@ -17,15 +18,15 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .siss_env import RunEpisode, SISSEnv
+from .base import DecodedAction, RunEpisode, UnlearningEnv
 
-__all__ = ["UnlearningVectorEnv", "make_siss_vector_env", "make_hybrid_vector_env"]
+__all__ = ["UnlearningVectorEnv", "make_siss_vector_env", "make_sfd_vector_env", "make_hybrid_vector_env"]
 
 RESET_MASK = "reset_mask"
 
 
 class UnlearningVectorEnv(VectorEnv):
-    """N independent runs of an unlearning env (SISS-v0, Hybrid-v0) stepped as one batched update.
+    """N independent runs of an unlearning env (SISS-v0, SFD-v0, Hybrid-v0) stepped as one batched update.
 
     ## Description
 
@@ -52,7 +53,7 @@ class UnlearningVectorEnv(VectorEnv):
     ``reset(seed=s)`` seeds run i with s + i; ``reset(seed=[s_0, …, s_{N−1}])`` seeds each run (None
     entries keep the run's stream). ``options``: ``"reset_mask"`` (N,) bool resets only those runs
     (the others keep their episodes and observations); ``"instance"``: an int or one int per run
-    (None: the whole forget set), as the single env's option.
+    (None: the whole forget set), as the single env's option (SISS-v0, Hybrid-v0; SFD-v0 takes none).
 
     ## Infos
 
@@ -69,7 +70,7 @@ class UnlearningVectorEnv(VectorEnv):
 
     def __init__(
         self,
-        env_class: type[SISSEnv],
+        env_class: type[UnlearningEnv],
         num_envs: int = 1,
         *,
         executor: str = "auto",
@@ -129,7 +130,7 @@ class UnlearningVectorEnv(VectorEnv):
             engine_seeds.append(int(self._rngs[i].integers(2**63 - 1)))
         self.engine.restore(runs)
         self.engine.seed(engine_seeds, runs)
-        refs = self.engine.evaluate(self.config.mixture_lambda, 1.0, runs=runs)
+        refs = self.engine.evaluate(**self.env.reference_kwargs, runs=runs)
         for j, i in enumerate(runs):
             obs, info = self.env.begin_episode(self._episodes[i], refs[j])
             self._obs[i] = obs
@@ -166,7 +167,7 @@ class UnlearningVectorEnv(VectorEnv):
         checked = []
         for i, inst in enumerate(instances):
             try:
-                checked.append(self.env.check_reset_options({"instance": inst, **options}))
+                checked.append(self.env.check_reset_options(options if inst is None else {**options, "instance": inst}))
             except ValueError as e:
                 raise ValueError(f"run {i}: {e}") from None
         runs = [int(i) for i in np.flatnonzero(mask)]
@@ -193,15 +194,22 @@ class UnlearningVectorEnv(VectorEnv):
                 raise ValueError(f"run {i}: {e}; nothing was stepped") from None
         return decoded
 
+    @staticmethod
+    def _update_kwargs(decoded: list[DecodedAction]) -> dict[str, Any]:
+        """The runs' ``engine.update`` keywords, batched: one row per run (None where no run gives one)."""
+        out = {}
+        for key in decoded[0].update:
+            values = [d.update[key] for d in decoded]
+            out[key] = None if all(v is None for v in values) else np.stack([np.asarray(v, np.float64) for v in values])
+        return out
+
     def step(self, actions):
         """One update of every run; runs that end are reset in the same call (SAME_STEP autoreset)."""
         not_ready = [i for i, ep in enumerate(self._episodes) if ep.needs_reset]
         if not_ready:
             raise RuntimeError(f"step called before reset() (runs {not_ready}); call reset() first")
         decoded = self._decode(actions)  # every check before any run moves
-        lam = np.array([d.lam for d in decoded])
-        scale = np.array([d.forget_scale for d in decoded])
-        stats = self.engine.update(lam, scale)
+        stats = self.engine.update(**self._update_kwargs(decoded), **self.env.update_constants)
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
@@ -228,7 +236,16 @@ class UnlearningVectorEnv(VectorEnv):
 
 def make_siss_vector_env(num_envs: int = 1, **kwargs: Any) -> UnlearningVectorEnv:
     """``vector_entry_point`` of SISS-v0."""
+    from .siss_env import SISSEnv
+
     return UnlearningVectorEnv(SISSEnv, num_envs, **kwargs)
+
+
+def make_sfd_vector_env(num_envs: int = 1, **kwargs: Any) -> UnlearningVectorEnv:
+    """``vector_entry_point`` of SFD-v0."""
+    from .sfd_env import SFDEnv
+
+    return UnlearningVectorEnv(SFDEnv, num_envs, **kwargs)
 
 
 def make_hybrid_vector_env(num_envs: int = 1, **kwargs: Any) -> UnlearningVectorEnv:

@@ -85,16 +85,22 @@ def two_gradients(
 
 
 def gradient(
-    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor | tuple[torch.Tensor, object]],
+    params: dict[str, torch.Tensor],
+    has_aux: bool = False,
+) -> tuple:
     """(ℓ, ∇_θ ℓ) of a scalar ``loss(θ)``: ``torch.autograd`` for leaves that require grad, else ``torch.func``.
 
     The gradient comes one tensor per parameter in ``params``' order (zeros for unused ones); ℓ detached.
+    With ``has_aux``, ``loss`` returns (ℓ, aux), aux a pytree of tensors that need no gradient
+    (detached by ``loss``), and the result is (ℓ, ∇_θ ℓ, aux).
     """
     p = tuple(params.values())
     if all(q.requires_grad for q in p):
-        value = loss(params)
+        value, aux = loss(params) if has_aux else (loss(params), None)
         grads = torch.autograd.grad(value, p, allow_unused=True)
-        return value.detach(), tuple(torch.zeros_like(q) if g is None else g for g, q in zip(grads, p))
-    grads, value = torch.func.grad_and_value(loss)(params)
-    return value, tuple(grads[n] for n in params)
+        grads = tuple(torch.zeros_like(q) if g is None else g for g, q in zip(grads, p))
+        return (value.detach(), grads, aux) if has_aux else (value.detach(), grads)
+    grads, out = torch.func.grad_and_value(loss, has_aux=has_aux)(params)
+    grads = tuple(grads[n] for n in params)
+    return (out[0], grads, out[1]) if has_aux else (out, grads)

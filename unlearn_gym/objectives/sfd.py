@@ -19,7 +19,9 @@ frozen teacher ε_φ, the fake-score network ε_ψ and the one-step generator ε
 - Adam lr 1e-5, betas (0, 0.999), element-wise gradient clipping at 1.0 (the engine's).
 
 Every function reads networks through ``torch.func.functional_call`` with the parameters it is
-given, draws nothing at random, and copies nothing to the host.
+given, draws nothing at random, copies nothing to the host, and works both eagerly (parameters
+that are autograd leaves) and under ``torch.func.vmap`` over a leading run axis (the gradients
+come from :mod:`~unlearn_gym.objectives.common`'s ``gradient`` and ``two_gradients``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from .siss import global_norm
+from .common import as_scalar, forward_noise, global_norm, gradient, two_gradients
 
 __all__ = [
     "SFDConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "draw_sfd_batch",
     "generator_sample",
     "fake_score_loss",
+    "fake_score_step",
     "sid_loss",
     "teacher_eps",
     "sfd_generator_step",
@@ -193,11 +196,35 @@ def fake_score_loss(
     x = torch.cat([x_g_remain, x_g_forget])
     c = torch.cat([c_remain, c_forget])
     t, eps = batch.t_psi, batch.eps_psi
-    g, s = gamma[t].view(-1, 1, 1, 1), sigma[t].view(-1, 1, 1, 1)
-    err = (_eps(unet, psi_params, g * x + s * eps, t, c) - eps).pow(2).flatten(1).sum(1)
+    err = (_eps(unet, psi_params, forward_noise(x, t, eps, gamma, sigma), t, c) - eps).pow(2).flatten(1).sum(1)
     remain, forget = err.chunk(2)
     remain, forget = remain.mean(), forget.mean()
     return remain + config.fake_forget_weight * forget, remain, forget
+
+
+def fake_score_step(
+    unet, theta_params, psi_params, batch: SFDBatch, gamma, sigma, config: SFDConfig
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """The ψ step's gradient ∇_ψ L_ψ on sg(x_g) (see :func:`fake_score_loss`).
+
+    1. x_g = sg(G_θ(z, c)), x_g^f = sg(G_θ(z', c_f)): the generator's samples, no gradient to θ.
+    2. L_ψ on them and ∇_ψ L_ψ (autograd for leaves that require grad, ``torch.func`` under ``vmap``).
+
+    Returns:
+        (∇_ψ L_ψ one tensor per parameter of ``psi_params``, the remain part, the forget part of L_ψ).
+    """
+    with torch.no_grad():  # 1.
+        x_r = generator_sample(unet, theta_params, batch.z_remain, batch.c_remain, gamma, sigma, config.t_star)
+        x_f = generator_sample(unet, theta_params, batch.z_forget, batch.c_forget, gamma, sigma, config.t_star)
+
+    def loss(psi):  # 2.
+        total, remain, forget = fake_score_loss(
+            unet, psi, x_r, batch.c_remain, x_f, batch.c_forget, batch, gamma, sigma, config
+        )
+        return total, (remain.detach(), forget.detach())
+
+    _, grads, (remain, forget) = gradient(loss, psi_params, has_aux=True)
+    return grads, remain, forget
 
 
 def sfd_generator_step(
@@ -206,7 +233,7 @@ def sfd_generator_step(
     teacher_params: dict[str, torch.Tensor],
     psi_params: dict[str, torch.Tensor],
     batch: SFDBatch,
-    lam: float,
+    lam: torch.Tensor | float,
     gamma: torch.Tensor,
     sigma: torch.Tensor,
     config: SFDConfig,
@@ -214,35 +241,48 @@ def sfd_generator_step(
 ) -> SFDResult:
     """The θ step's gradient of L_θ = 2(1 − λ)·w_r·mean ℓ_remain + 2λ·w_f·mean ℓ_forget (ψ, φ frozen).
 
+    1. x_g = G_θ(z, c) for the remaining classes, x_g^f = G_θ(z', c_f) (differentiable in θ).
+    2. x_t = γ_t·x_g + σ_t·ε with the gradient through x_t (remain half, then forget half).
+    3. The fake score ε_ψ(x_t, t, c_s) with c_s = c (remain) and c_s = c_f (forget).
+    4. The teacher ε_φ(x_t, t, c_p): c_p = c (remain); for the forget half the override class c_o
+       or the π-mixture Σ_k π_k·ε_φ(x_t, t, k) of the retain classes (``forget_target``).
+    5. ℓ = Σ_pixels (x̂_φ − x̂_ψ) ⊙ [(x̂_φ − x_g) − α(x̂_φ − x̂_ψ)]/ω per sample (:func:`sid_loss`);
+       ℓ_remain, ℓ_forget = the means of the two halves.
+    6. g_r = ∇_θ ℓ_remain, g_f = ∇_θ ℓ_forget: two backward passes through one forward of steps 1–5
+       (``two_gradients``: autograd for leaves that require grad, ``torch.func`` under ``vmap``).
+    7. ∇_θ L_θ = c_r·g_r + c_f·g_f with c_r = 2(1 − λ)·w_r, c_f = 2λ·w_f; ∂L_θ/∂λ = 2(w_f·ℓ_forget − w_r·ℓ_remain).
+
     Args:
         unet: the architecture (its own parameters are never used).
-        theta_params, teacher_params, psi_params: name → tensor of the generator (requires grad),
-            the teacher and the fake-score network (no grad needed).
-        lam: λ ∈ [0, 1].
+        theta_params, teacher_params, psi_params: name → tensor of the generator (autograd leaves,
+            or plain tensors under ``vmap``), the teacher and the fake-score network (no gradient).
+        lam: λ ∈ [0, 1], a float or a 0-d tensor (one run's λ under ``vmap``).
         forget_target: c_p of the forget term: a (B,) int64 override class per sample, or
             ``(classes (K,), π (K,))`` for the mixture of retain classes.
     """
-    p = tuple(theta_params.values())
-    x_r = generator_sample(unet, theta_params, batch.z_remain, batch.c_remain, gamma, sigma, config.t_star)
-    x_f = generator_sample(unet, theta_params, batch.z_forget, batch.c_forget, gamma, sigma, config.t_star)
     t, eps = batch.t_theta, batch.eps_theta
     g, s = gamma[t].view(-1, 1, 1, 1), sigma[t].view(-1, 1, 1, 1)
-    x_g = torch.cat([x_r, x_f])
-    x_t = g * x_g + s * eps
-    B = x_r.shape[0]
+    B = batch.z_remain.shape[0]
     c_fake = torch.cat([batch.c_remain, batch.c_forget])
-    eps_fake = _eps(unet, psi_params, x_t, t, c_fake)
-    eps_t_remain = teacher_eps(unet, teacher_params, x_t[:B], t[:B], batch.c_remain)
-    eps_t_forget = teacher_eps(unet, teacher_params, x_t[B:], t[B:], forget_target)
-    eps_teacher = torch.cat([eps_t_remain, eps_t_forget])
-    ell = sid_loss(x_g, x_t, eps_teacher, eps_fake, g, s, config.alpha, config.omega_min)
-    loss_r, loss_f = ell[:B].mean(), ell[B:].mean()
-    g_r = torch.autograd.grad(loss_r, p, retain_graph=True, allow_unused=True)
-    g_f = torch.autograd.grad(loss_f, p, allow_unused=True)
-    g_r = tuple(torch.zeros_like(q) if gr is None else gr for gr, q in zip(g_r, p))
-    g_f = tuple(torch.zeros_like(q) if gf is None else gf for gf, q in zip(g_f, p))
-    c_r = 2.0 * (1.0 - lam) * config.remain_weight
-    c_f = 2.0 * lam * config.forget_weight
-    grads = tuple(torch._foreach_add(torch._foreach_mul(list(g_r), c_r), torch._foreach_mul(list(g_f), c_f)))
+
+    def forward(theta):  # 1.
+        x_r = generator_sample(unet, theta, batch.z_remain, batch.c_remain, gamma, sigma, config.t_star)
+        x_f = generator_sample(unet, theta, batch.z_forget, batch.c_forget, gamma, sigma, config.t_star)
+        return x_r, x_f
+
+    def losses(x):
+        x_g = torch.cat(x)
+        x_t = forward_noise(x_g, t, eps, gamma, sigma)  # 2.
+        eps_fake = _eps(unet, psi_params, x_t, t, c_fake)  # 3.
+        eps_t_remain = teacher_eps(unet, teacher_params, x_t[:B], t[:B], batch.c_remain)  # 4.
+        eps_t_forget = teacher_eps(unet, teacher_params, x_t[B:], t[B:], forget_target)
+        eps_teacher = torch.cat([eps_t_remain, eps_t_forget])
+        ell = sid_loss(x_g, x_t, eps_teacher, eps_fake, g, s, config.alpha, config.omega_min)  # 5.
+        return ell[:B].mean(), ell[B:].mean(), ()
+
+    loss_r, loss_f, g_r, g_f, _ = two_gradients(forward, theta_params, losses)  # 6.
+    c_r = as_scalar(2.0 * (1.0 - lam) * config.remain_weight, loss_r)  # 7.
+    c_f = as_scalar(2.0 * lam * config.forget_weight, loss_r)
+    grads = tuple(gr * c_r + gf * c_f for gr, gf in zip(g_r, g_f))
     dloss = 2.0 * (config.forget_weight * loss_f - config.remain_weight * loss_r)
-    return SFDResult(grads, loss_r.detach(), loss_f.detach(), global_norm(g_r), global_norm(g_f), dloss.detach())
+    return SFDResult(grads, loss_r, loss_f, global_norm(g_r), global_norm(g_f), dloss)
