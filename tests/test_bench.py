@@ -385,3 +385,34 @@ def test_resume_refuses_other_settings_and_corrupt_logs(tiny_checkpoint, tmp_pat
         run_benchmark(policies, config, log=None, log_path=tmp_path / "none.jsonl", resume=True)
     with pytest.raises(SystemExit, match="continues the run in that folder; drop --out"):
         main(["bench", "--resume", str(tmp_path), "--out", str(tmp_path / "other")])
+
+
+# -- batched episodes (num_envs) ------------------------------------------------------------------
+
+
+def _strip_seconds(episodes):
+    return [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in episodes]
+
+
+def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thread):
+    """num_envs 2 (loop executor) runs each policy's seeds as the runs of one vector env, with a per-run copy
+    of each stateful policy: the same records (returns, λ, rewards, evaluation) and grids as one episode at a
+    time; 3 seeds make a full batch of 2 and a short batch of 1 (padded)."""
+    import dataclasses
+
+    import torch
+
+    policies = {name: policy_from_spec(name) for name in ("random", "vi-adaptive")}
+    config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2), executor="loop", bootstrap_reps=10)
+    one = run_benchmark(policies, config, progress=False, log=None)
+    two = run_benchmark(policies, dataclasses.replace(config, num_envs=2), progress=False, log=None)
+    assert _strip_seconds(two["episodes"]) == _strip_seconds(one["episodes"])
+    assert len(one["episodes"]) == 2 * 3 and all(e["length"] == 3 for e in one["episodes"])
+    assert len({e["return"] for e in one["episodes"] if e["policy"] == "vi-adaptive"}) == 3
+    assert len({tuple(e["lambdas"]) for e in one["episodes"] if e["policy"] == "random"}) == 3
+    assert torch.equal(two["_grids"]["vi-adaptive"], one["_grids"]["vi-adaptive"])
+    assert two["settings"]["num_envs"] == 2
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
+        dataclasses.replace(config, num_envs=0)
+    with pytest.raises(ValueError, match="executor must be 'auto', 'vmap' or 'loop', got 'gpu'"):
+        dataclasses.replace(config, executor="gpu")
