@@ -8,6 +8,7 @@ import pytest
 from unlearn_gym.bench import (
     FIDELITY_METRICS,
     BenchConfig,
+    EpisodeRunner,
     compare_with_reference,
     confidence_interval,
     make_kwargs,
@@ -390,28 +391,41 @@ def test_resume_refuses_other_settings_and_corrupt_logs(tiny_checkpoint, tmp_pat
 # -- batched episodes (num_envs) ------------------------------------------------------------------
 
 
-def _strip_seconds(episodes):
-    return [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in episodes]
+def _strip_seconds(record):
+    return {k: v for k, v in record.items() if not k.startswith("seconds")}
 
 
 def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thread):
-    """num_envs 2 (loop executor) runs each policy's seeds as the runs of one vector env, with a per-run copy
-    of each stateful policy: the same records (returns, λ, rewards, evaluation) and grids as one episode at a
-    time; 3 seeds make a full batch of 2 and a short batch of 1 (padded)."""
+    """With num_envs 2 (loop executor) the runner runs a policy's seeds as the runs of one vector env, each
+    with its own copy of the (stateful) policy: the same records (returns, λ, rewards, evaluation) and
+    evaluation samples as the single env's episodes; 3 seeds make a full batch of 2 and a short batch of 1
+    (padded), as ``run_benchmark`` cuts them."""
     import dataclasses
 
     import torch
 
+    from unlearn_gym.bench import _batches
+
     policies = {name: policy_from_spec(name) for name in ("random", "vi-adaptive")}
-    config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2), executor="loop", bootstrap_reps=10)
-    one = run_benchmark(policies, config, progress=False, log=None)
-    two = run_benchmark(policies, dataclasses.replace(config, num_envs=2), progress=False, log=None)
-    assert _strip_seconds(two["episodes"]) == _strip_seconds(one["episodes"])
-    assert len(one["episodes"]) == 2 * 3 and all(e["length"] == 3 for e in one["episodes"])
-    assert len({e["return"] for e in one["episodes"] if e["policy"] == "vi-adaptive"}) == 3
-    assert len({tuple(e["lambdas"]) for e in one["episodes"] if e["policy"] == "random"}) == 3
-    assert torch.equal(two["_grids"]["vi-adaptive"], one["_grids"]["vi-adaptive"])
-    assert two["settings"]["num_envs"] == 2
+    config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2), executor="loop", num_envs=2)
+    runs = [(n, s, None) for n in policies for s in config.seeds]
+    assert _batches(runs, range(6), 2) == [[0, 1], [2], [3, 4], [5]]
+    assert _batches(runs, [1, 2, 3, 5], 4) == [[1, 2], [3, 5]]
+    runner = EpisodeRunner(policies, config)
+    assert runner.num_envs == 2
+    for batch in _batches(runs, range(6), 2):
+        units = [runs[k] for k in batch]
+        batched = runner.run_units(units)
+        for unit, (record, ev, steps) in zip(units, batched):
+            want, want_ev, _ = runner.episode(*unit)
+            assert _strip_seconds(record) == _strip_seconds(want) and steps is None
+            assert torch.equal(ev.images, want_ev.images) and torch.equal(ev.labels, want_ev.labels)
+            assert record["length"] == 3 and "forget_rate" in record
+    with pytest.raises(ValueError, match="episodes: expected the units of one policy"):
+        runner.episodes([runs[0], runs[3]])
+    with pytest.raises(ValueError, match="episodes: expected 1 to 2 units, got 3"):
+        runner.episodes(runs[:3])
+    runner.close()
     with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
         dataclasses.replace(config, num_envs=0)
     with pytest.raises(ValueError, match="executor must be 'auto', 'vmap' or 'loop', got 'gpu'"):

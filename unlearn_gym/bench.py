@@ -671,7 +671,9 @@ class EpisodeRunner:
                 info = _run_info(infos["final_info"], i) if done else _run_info(infos, i)
                 obs_i = infos["final_obs"][i] if done else next_obs[i]
                 if hasattr(copies[i], "observe"):
-                    copies[i].observe(obs[i], actions[i], reward[i], obs_i, bool(terminated[i]), bool(truncated[i]), info)
+                    copies[i].observe(
+                        obs[i], actions[i], reward[i], obs_i, bool(terminated[i]), bool(truncated[i]), info
+                    )
                 lams[i].append(float(info["lam"]))
                 rewards[i].append(float(reward[i]))
                 if done:
