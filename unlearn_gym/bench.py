@@ -621,6 +621,8 @@ class EpisodeRunner:
         """
         import copy
 
+        from .envs.sb3 import unbatch_infos
+
         if not units or len(units) > self.num_envs:
             raise ValueError(f"episodes: expected 1 to {self.num_envs} units, got {len(units)}")
         names = {u[0] for u in units}
@@ -664,11 +666,12 @@ class EpisodeRunner:
             batch = np.stack([np.asarray(a) if a is not None else np.zeros_like(template) for a in actions])
             with _evaluate_before_restore(vec.unwrapped.engine, evaluate):
                 next_obs, reward, terminated, truncated, infos = vec.step(batch)
+            run_infos = unbatch_infos(infos, n)
             for i in range(k):
                 if not active[i]:
                     continue
                 done = bool(terminated[i] or truncated[i])
-                info = _run_info(infos["final_info"], i) if done else _run_info(infos, i)
+                info = run_infos[i]["final_info"] if done else run_infos[i]
                 obs_i = infos["final_obs"][i] if done else next_obs[i]
                 if hasattr(copies[i], "observe"):
                     copies[i].observe(
@@ -760,21 +763,6 @@ def _add_evaluation(record: dict, ev, seconds: float) -> None:
     record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
     record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
     record["seconds_evaluate"] = seconds
-
-
-def _run_info(infos: dict, i: int) -> dict:
-    """Run ``i``'s entries of a vector env's ``infos`` (dict of arrays with ``_key`` masks) as the
-    single env's info: numpy scalars become Python numbers, nested dicts are unbatched too."""
-    out = {}
-    for key, value in infos.items():
-        if key.startswith("_") or not infos.get(f"_{key}", np.ones(i + 1, bool))[i]:
-            continue
-        if isinstance(value, dict):
-            out[key] = _run_info(value, i)
-        else:
-            item = value[i]
-            out[key] = item.item() if isinstance(item, np.generic) else item
-    return out
 
 
 @contextmanager
