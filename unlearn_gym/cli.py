@@ -866,7 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-envs",
         type=int,
         default=None,
-        help="train on N runs batched in one engine (gymnasium.make_vec + the SB3 adapter) instead of n_envs copies",
+        help="train on N runs batched in one engine (gymnasium.make_vec; SB3 algorithms through the SB3 adapter, MCPG "
+        "collecting N episodes at a time) instead of n_envs copies",
     )
     p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
     p.add_argument("--no-tensorboard", action="store_true")
