@@ -242,3 +242,40 @@ def test_mcpg_collects_n_episodes_at_once_from_a_batched_env(env_kwargs, one_thr
     with pytest.raises(ValueError, match="MCPG needs a vector env with SAME_STEP autoreset"):
         MCPG(gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync"), seed=0)
     vec2.close()
+
+
+@pytest.mark.parametrize("env_id", ["unlearn_gym/SISS-v0", "unlearn_gym/SFD-v0"])
+def test_logs_name_every_statistic_of_the_env(env_id, tiny_checkpoint):
+    """The training logs record each field of the env's statistics dataclass by name (SFD's own losses
+    too), plus λ and the reward terms: the callback reads the names from SB3's reset infos."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from unlearn_gym.agents.callbacks import REWARD_KEYS, UnlearningLogCallback, step_keys
+    from unlearn_gym.engine import StepStats
+    from unlearn_gym.sfd_engine import SFDStepStats
+
+    stats_class = StepStats if env_id.endswith("SISS-v0") else SFDStepStats
+    kw = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")
+    venv = DummyVecEnv([lambda: gym.make(env_id, **kw)])
+    venv.reset()
+    fields = tuple(f.name for f in dataclasses.fields(stats_class))
+    action_keys = ("lam", "forget_scale_S") if stats_class is StepStats else ("lam",)
+    assert step_keys(venv.reset_infos[0])[2 : 2 + len(fields)] == fields
+    logger = Logger(None, [])
+    callback = UnlearningLogCallback()
+    callback.init_callback(SimpleNamespace(logger=logger, get_env=lambda: venv, num_timesteps=0))
+    _, _, dones, infos = venv.step(np.zeros((1, 1), np.float32))
+    callback.update_locals({"infos": infos, "dones": dones})
+    callback.on_step()
+    logged = {k.removeprefix("unlearn/"): v for k, v in logger.name_to_value.items() if k.startswith("unlearn/")}
+    finite = {k for k in fields if np.isfinite(infos[0][k])}
+    assert set(logged) == {*action_keys, *finite, *REWARD_KEYS}
+    assert all(logged[k] == pytest.approx(infos[0][k]) for k in logged)
+    if stats_class is SFDStepStats:
+        assert {"loss_psi_remain", "loss_remain", "loss_forget", "grad_remain_norm"} <= set(logged)
+    venv.close()

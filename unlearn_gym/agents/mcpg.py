@@ -29,7 +29,7 @@ from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
 from ..models.checkpoint import load_tensors, save_tensors_atomic
-from .callbacks import log_episode_end, log_step_info
+from .callbacks import log_episode_end, log_step_info, step_keys
 
 __all__ = ["GaussianLambdaPolicy", "MCPG"]
 
@@ -171,7 +171,8 @@ class MCPG:
         return self._run_episodes()
 
     def _run_episode(self):
-        self._obs, _ = self.env.reset(seed=self._episode_seed(self.num_episodes))
+        self._obs, reset_info = self.env.reset(seed=self._episode_seed(self.num_episodes))
+        keys = step_keys(reset_info)
         obs_list, z_list, rewards = [], [], []
         done, info = False, {}
         while not done:
@@ -186,7 +187,7 @@ class MCPG:
             rewards.append(float(reward))
             self.num_timesteps += 1
             if self.logger is not None:
-                log_step_info(self.logger, info)
+                log_step_info(self.logger, info, keys)
             done = terminated or truncated
         self.num_episodes += 1
         if self.logger is not None:
@@ -199,7 +200,8 @@ class MCPG:
 
         n = self.num_envs
         seeds = [self._episode_seed(self.num_episodes + i) for i in range(n)]
-        obs, _ = self.env.reset(seed=seeds)
+        obs, reset_infos = self.env.reset(seed=seeds)
+        keys = step_keys(reset_infos)
         obs_lists: list[list[torch.Tensor]] = [[] for _ in range(n)]
         z_lists: list[list[torch.Tensor]] = [[] for _ in range(n)]
         rewards: list[list[float]] = [[] for _ in range(n)]
@@ -222,7 +224,7 @@ class MCPG:
                 rewards[i].append(float(reward[i]))
                 self.num_timesteps += 1
                 if self.logger is not None:
-                    log_step_info(self.logger, info)
+                    log_step_info(self.logger, info, keys)
                 if done:
                     active[i] = False
                     if self.logger is not None:
