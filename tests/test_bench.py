@@ -399,7 +399,8 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
     """With num_envs 2 (loop executor) the runner runs a policy's seeds as the runs of one vector env, each
     with its own copy of the (stateful) policy: the same records (returns, λ, rewards, evaluation) and
     evaluation samples as the single env's episodes; 3 seeds make a full batch of 2 and a short batch of 1
-    (padded), as ``run_benchmark`` cuts them."""
+    (padded), as ``run_benchmark`` cuts them; runs that diverge at different steps end early, evaluated
+    before the autoreset restores their weights."""
     import dataclasses
 
     import torch
@@ -413,7 +414,7 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
     assert _batches(runs, [1, 2, 3, 5], 4) == [[1, 2], [3, 5]]
     runner = EpisodeRunner(policies, config)
     assert runner.num_envs == 2
-    for batch in _batches(runs, range(6), 2):
+    for batch in _batches(runs, range(3, 6), 2):  # vi-adaptive: a stateful policy, one copy per run
         units = [runs[k] for k in batch]
         batched = runner.run_units(units)
         for unit, (record, ev, steps) in zip(units, batched):
@@ -425,6 +426,18 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
         runner.episodes([runs[0], runs[3]])
     with pytest.raises(ValueError, match="episodes: expected 1 to 2 units, got 3"):
         runner.episodes(runs[:3])
+    runner.close()
+    # at lr 3 the tiny model diverges: seed 1 at step 1, seed 2 at step 2; run 0 ends first and steps on
+    # (reset) while run 1 finishes, and each diverged model is evaluated before the vector env restores it
+    diverging = dataclasses.replace(config, env_kwargs={**config.env_kwargs, "lr": 3.0, "horizon": 4})
+    runner = EpisodeRunner({"static:0.5": policy_from_spec("static:0.5")}, diverging)
+    units = [("static:0.5", 1, None), ("static:0.5", 2, None)]
+    batched = runner.episodes(units)
+    assert [r["length"] for r, _, _ in batched] == [1, 2] and all(r["diverged"] for r, _, _ in batched)
+    for unit, (record, ev, _) in zip(units, batched):
+        want, want_ev, _ = runner.episode(*unit)
+        assert json.dumps(_strip_seconds(record)) == json.dumps(_strip_seconds(want))  # NaN efficacy alike
+        torch.testing.assert_close(ev.images, want_ev.images, rtol=0, atol=0, equal_nan=True)
     runner.close()
     with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
         dataclasses.replace(config, num_envs=0)
