@@ -19,7 +19,9 @@ episode into the next beyond what ``reset(seed)`` sets (true of every bundled po
 
 The episodes run in this process, in ``workers`` spawned processes, or on Ray actors
 (``backend="ray"``, :mod:`unlearn_gym.ray_backend`); each way yields (index, outcome) to the same
-bookkeeping, so the log, a resume and the report do not depend on it. With ``record``, every
+bookkeeping, so the log, a resume and the report do not depend on it. With ``num_envs`` N > 1 each
+of them runs a policy's episodes N at a time as the runs of one batched vector env
+(:meth:`EpisodeRunner.episodes`), with the same records. With ``record``, every
 episode's steps also become Minari datasets (:mod:`unlearn_gym.recording`).
 """
 
@@ -501,9 +503,11 @@ class EpisodeRunner:
         self.vec = None
         """The batched vector env of :meth:`episodes` (made at its first call)."""
         batched = gym.spec(config.env_id).vector_entry_point is not None
-        self.num_envs = config.num_envs if batched and not (record or config.robustness) else 1
-        """Episodes per batch of :meth:`run_units`: ``config.num_envs``, or 1 where the episodes run one at a
-        time (recording, robustness attacks, an env without a vector entry point)."""
+        per_policy = len(config.seeds) * len(config.instances)
+        self.num_envs = min(config.num_envs, per_policy) if batched and not (record or config.robustness) else 1
+        """Episodes per batch of :meth:`run_units`: ``config.num_envs`` (at most a policy's episodes), or 1
+        where the episodes run one at a time (recording, robustness attacks, an env without a vector
+        entry point)."""
         self.base = base = self.env.unwrapped
         self.evaluate: Callable[[], Any] | None = None
         self.classifier = None
@@ -614,7 +618,8 @@ class EpisodeRunner:
         a run inside the ``step`` that ends its episode (``SAME_STEP`` autoreset), which restores its
         weights: the runner evaluates the run's model (``engine.model(i)``) just before the engine
         restores it (:func:`_evaluate_before_restore`), so the evaluation sees the unlearned
-        weights, as the single env's.
+        weights, as the single env's. ``seconds_unlearn`` is the batch's time until the run ended
+        (evaluations excluded), shared by the runs.
 
         Returns:
             One (record, evaluation or None, None) per unit, in order (no recording here).
@@ -649,7 +654,8 @@ class EpisodeRunner:
                 evaluating[0] += time.perf_counter() - t
 
         t0 = time.perf_counter()
-        obs, _ = vec.reset(seed=seeds, options={"instance": instances})
+        options = None if all(i is None for i in instances) else {"instance": instances}  # as :meth:`episode`
+        obs, _ = vec.reset(seed=seeds, options=options)
         lams: list[list[float]] = [[] for _ in units]
         rewards: list[list[float]] = [[] for _ in units]
         last_info: list[dict] = [{} for _ in units]

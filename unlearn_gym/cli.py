@@ -915,8 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run each policy's episodes N at a time as the runs of one batched vector env (each worker runs such "
-        "batches; the same records as N = 1, one episode at a time); with --robustness or --record, or an env without "
-        "a vector entry point, episodes run one at a time",
+        "batches; the same records as N = 1, one episode at a time; best with N dividing seeds x instances, a short "
+        "batch still steps all N runs); with --robustness or --record, or an env without a vector entry point, "
+        "episodes run one at a time",
     )
     p.add_argument(
         "--executor",
