@@ -148,7 +148,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
     argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
     argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--bootstrap-reps", "100"]
-    argv += ["--threads", "1", "--workers", "1"]
+    argv += ["--threads", "1", "--workers", "1", "--num-envs", "2", "--executor", "loop"]  # seeds as batched runs
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
@@ -177,6 +177,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert (tmp_path / "episodes.jsonl").read_text().count("\n") == 1 + 4  # the header and each episode
     assert "| linear:0.9:0.1 | " in (tmp_path / "bench.md").read_text().split("IQM (mean of the middle 50%")[1]
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
+    assert (full["settings"]["num_envs"], full["settings"]["executor"]) == (2, "loop")
     assert full["pretrained"]["per_label"]["1"]["n"] == 4 and full["pretrained"]["per_label"]["0"]["n"] == 2
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
     assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()
