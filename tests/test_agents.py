@@ -199,3 +199,83 @@ def test_an_sb3_checkpoint_is_complete_only_with_a_readable_zip_and_whole_pickle
     assert _complete_sb3_checkpoint(path, 64, "sac", companions) is None
     path.write_bytes(path.read_bytes()[:-10])
     assert "sac_64_steps.zip is unreadable" in _complete_sb3_checkpoint(path, 64, "sac", companions)
+
+
+def test_mcpg_collects_n_episodes_at_once_from_a_batched_env(env_kwargs, one_thread):
+    """MCPG on a vector env: N = 1 trains exactly as on the single env; N = 2 collects two episodes per
+    round, each the single env's episode for its seed and actions, and updates the policy from them."""
+    import gymnasium as gym
+
+    from unlearn_gym.env_kwargs import make_kwargs
+
+    kw = {**env_kwargs, "horizon": 3}
+    hp = dict(episodes_per_update=2, net_arch=(8,), learning_rate=0.05)
+    single = _env(kw)
+    a = MCPG(single, seed=3, **hp).learn(6)
+    vec1 = gym.make_vec("unlearn_gym/SISS-v0", num_envs=1, vectorization_mode="vector_entry_point", **make_kwargs(kw))
+    b = MCPG(vec1, seed=3, **hp).learn(6)
+    assert (
+        (a.num_timesteps, a.num_episodes, a.num_updates)
+        == (b.num_timesteps, b.num_episodes, b.num_updates)
+        == (6, 2, 1)
+    )
+    for (k, x), (_, y) in zip(a.policy.state_dict().items(), b.policy.state_dict().items()):
+        assert torch.equal(x, y), k
+    vec1.close()
+
+    vec2 = gym.make_vec("unlearn_gym/SISS-v0", num_envs=2, vectorization_mode="vector_entry_point", **make_kwargs(kw))
+    model = MCPG(vec2, seed=3, **hp)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    episodes = model._collect()  # one round: both runs' episodes
+    assert (model.num_episodes, model.num_timesteps, len(episodes)) == (2, 6, 2)
+    for i, (obs, z, rewards) in enumerate(episodes):  # replayed on the single env: the same episode
+        o, _ = single.reset(seed=model._episode_seed(i))
+        assert obs.shape == (3, 6) and np.array_equal(obs[0].numpy(), o)
+        for t in range(3):
+            o, r, terminated, truncated, _ = single.step(torch.tanh(z[t] / 2).numpy().astype(np.float32))
+            assert r == rewards[t] and (t == 2 or np.array_equal(obs[t + 1].numpy(), o))
+        assert truncated and not terminated
+    assert episodes[0][2] != episodes[1][2]  # the runs' seeds differ
+    stats = model._update(episodes)
+    assert np.isfinite(stats["loss"]) and model.num_updates == 1
+    assert any(not torch.equal(before[k], v) for k, v in model.policy.state_dict().items())
+    with pytest.raises(ValueError, match="MCPG needs a vector env with SAME_STEP autoreset"):
+        MCPG(gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync"), seed=0)
+    vec2.close()
+
+
+@pytest.mark.parametrize("env_id", ["unlearn_gym/SISS-v0", "unlearn_gym/SFD-v0"])
+def test_logs_name_every_statistic_of_the_env(env_id, tiny_checkpoint):
+    """The training logs record each field of the env's statistics dataclass by name (SFD's own losses
+    too), plus λ and the reward terms: the callback reads the names from SB3's reset infos."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from unlearn_gym.agents.callbacks import REWARD_KEYS, UnlearningLogCallback, step_keys
+    from unlearn_gym.engine import StepStats
+    from unlearn_gym.sfd_engine import SFDStepStats
+
+    stats_class = StepStats if env_id.endswith("SISS-v0") else SFDStepStats
+    kw = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")
+    venv = DummyVecEnv([lambda: gym.make(env_id, **kw)])
+    venv.reset()
+    fields = tuple(f.name for f in dataclasses.fields(stats_class))
+    action_keys = ("lam", "forget_scale_S") if stats_class is StepStats else ("lam",)
+    assert step_keys(venv.reset_infos[0])[2 : 2 + len(fields)] == fields
+    logger = Logger(None, [])
+    callback = UnlearningLogCallback()
+    callback.init_callback(SimpleNamespace(logger=logger, get_env=lambda: venv, num_timesteps=0))
+    _, _, dones, infos = venv.step(np.zeros((1, 1), np.float32))
+    callback.update_locals({"infos": infos, "dones": dones})
+    callback.on_step()
+    logged = {k.removeprefix("unlearn/"): v for k, v in logger.name_to_value.items() if k.startswith("unlearn/")}
+    finite = {k for k in fields if np.isfinite(infos[0][k])}
+    assert set(logged) == {*action_keys, *finite, *REWARD_KEYS}
+    assert all(logged[k] == pytest.approx(infos[0][k]) for k in logged)
+    if stats_class is SFDStepStats:
+        assert {"loss_psi_remain", "loss_remain", "loss_forget", "grad_remain_norm"} <= set(logged)
+    venv.close()

@@ -8,6 +8,7 @@ import pytest
 from unlearn_gym.bench import (
     FIDELITY_METRICS,
     BenchConfig,
+    EpisodeRunner,
     compare_with_reference,
     confidence_interval,
     make_kwargs,
@@ -147,7 +148,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
     argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
     argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--bootstrap-reps", "100"]
-    argv += ["--threads", "1", "--workers", "1"]
+    argv += ["--threads", "1", "--workers", "1", "--num-envs", "2", "--executor", "loop"]  # seeds as batched runs
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
@@ -176,6 +177,7 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert (tmp_path / "episodes.jsonl").read_text().count("\n") == 1 + 4  # the header and each episode
     assert "| linear:0.9:0.1 | " in (tmp_path / "bench.md").read_text().split("IQM (mean of the middle 50%")[1]
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
+    assert (full["settings"]["num_envs"], full["settings"]["executor"]) == (2, "loop")
     assert full["pretrained"]["per_label"]["1"]["n"] == 4 and full["pretrained"]["per_label"]["0"]["n"] == 2
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
     assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()
@@ -385,3 +387,60 @@ def test_resume_refuses_other_settings_and_corrupt_logs(tiny_checkpoint, tmp_pat
         run_benchmark(policies, config, log=None, log_path=tmp_path / "none.jsonl", resume=True)
     with pytest.raises(SystemExit, match="continues the run in that folder; drop --out"):
         main(["bench", "--resume", str(tmp_path), "--out", str(tmp_path / "other")])
+
+
+# -- batched episodes (num_envs) ------------------------------------------------------------------
+
+
+def _strip_seconds(record):
+    return {k: v for k, v in record.items() if not k.startswith("seconds")}
+
+
+def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thread):
+    """With num_envs 2 (loop executor) the runner runs a policy's seeds as the runs of one vector env, each
+    with its own copy of the (stateful) policy: the same records (returns, λ, rewards, evaluation) and
+    evaluation samples as the single env's episodes; 3 seeds make a full batch of 2 and a short batch of 1
+    (padded), as ``run_benchmark`` cuts them; runs that diverge at different steps end early, evaluated
+    before the autoreset restores their weights."""
+    import dataclasses
+
+    import torch
+
+    from unlearn_gym.bench import _batches
+
+    policies = {name: policy_from_spec(name) for name in ("random", "vi-adaptive")}
+    config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2), executor="loop", num_envs=2)
+    runs = [(n, s, None) for n in policies for s in config.seeds]
+    assert _batches(runs, range(6), 2) == [[0, 1], [2], [3, 4], [5]]
+    assert _batches(runs, [1, 2, 3, 5], 4) == [[1, 2], [3, 5]]
+    runner = EpisodeRunner(policies, config)
+    assert runner.num_envs == 2
+    for batch in _batches(runs, range(3, 6), 2):  # vi-adaptive: a stateful policy, one copy per run
+        units = [runs[k] for k in batch]
+        batched = runner.run_units(units)
+        for unit, (record, ev, steps) in zip(units, batched):
+            want, want_ev, _ = runner.episode(*unit)
+            assert _strip_seconds(record) == _strip_seconds(want) and steps is None
+            assert torch.equal(ev.images, want_ev.images) and torch.equal(ev.labels, want_ev.labels)
+            assert record["length"] == 3 and "forget_rate" in record
+    with pytest.raises(ValueError, match="episodes: expected the units of one policy"):
+        runner.episodes([runs[0], runs[3]])
+    with pytest.raises(ValueError, match="episodes: expected 1 to 2 units, got 3"):
+        runner.episodes(runs[:3])
+    runner.close()
+    # at lr 3 the tiny model diverges: seed 1 at step 1, seed 2 at step 2; run 0 ends first and steps on
+    # (reset) while run 1 finishes, and each diverged model is evaluated before the vector env restores it
+    diverging = dataclasses.replace(config, env_kwargs={**config.env_kwargs, "lr": 3.0, "horizon": 4})
+    runner = EpisodeRunner({"static:0.5": policy_from_spec("static:0.5")}, diverging)
+    units = [("static:0.5", 1, None), ("static:0.5", 2, None)]
+    batched = runner.episodes(units)
+    assert [r["length"] for r, _, _ in batched] == [1, 2] and all(r["diverged"] for r, _, _ in batched)
+    for unit, (record, ev, _) in zip(units, batched):
+        want, want_ev, _ = runner.episode(*unit)
+        assert json.dumps(_strip_seconds(record)) == json.dumps(_strip_seconds(want))  # NaN efficacy alike
+        torch.testing.assert_close(ev.images, want_ev.images, rtol=0, atol=0, equal_nan=True)
+    runner.close()
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
+        dataclasses.replace(config, num_envs=0)
+    with pytest.raises(ValueError, match="executor must be 'auto', 'vmap' or 'loop', got 'gpu'"):
+        dataclasses.replace(config, executor="gpu")

@@ -89,7 +89,5 @@ def test_train_num_envs_trains_ppo_on_one_batched_env(tiny_checkpoint, tmp_path,
     summary = json.loads(capsys.readouterr().out)
     assert summary["timesteps"] == 32 and (tmp_path / "agent" / "agent.json").is_file()
     assert json.loads((tmp_path / "train.json").read_text())["num_envs"] == 2
-    with pytest.raises(SystemExit, match="MCPG collects one episode at a time"):
-        main(["train", "--algo", "mcpg", "--num-envs", "2", "--out", str(tmp_path / "m"), "--env-kwargs", env_kwargs])
     with pytest.raises(SystemExit, match="SFD-v0 has no batched vector env"):
         main(["train", "--algo", "ppo", "--env", "unlearn_gym/SFD-v0", "--num-envs", "2", "--out", str(tmp_path / "s")])

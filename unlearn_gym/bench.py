@@ -19,7 +19,9 @@ episode into the next beyond what ``reset(seed)`` sets (true of every bundled po
 
 The episodes run in this process, in ``workers`` spawned processes, or on Ray actors
 (``backend="ray"``, :mod:`unlearn_gym.ray_backend`); each way yields (index, outcome) to the same
-bookkeeping, so the log, a resume and the report do not depend on it. With ``record``, every
+bookkeeping, so the log, a resume and the report do not depend on it. With ``num_envs`` N > 1 each
+of them runs a policy's episodes N at a time as the runs of one batched vector env
+(:meth:`EpisodeRunner.episodes`), with the same records. With ``record``, every
 episode's steps also become Minari datasets (:mod:`unlearn_gym.recording`).
 """
 
@@ -32,6 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,6 +77,8 @@ _REPORT_ONLY_SETTINGS = (
     "ray_address",
     "cpus_per_trial",
     "gpus_per_trial",
+    "num_envs",
+    "executor",
 )
 """BenchConfig fields that shape only the report or how the episodes are run, not an episode: they
 may change on resume."""
@@ -171,6 +176,17 @@ class BenchConfig:
     gpus_per_trial: float = 0.0
     """GPUs each Ray actor declares (fractions share a GPU); the env's ``device`` keyword says where
     the model runs (``"cuda"`` inside an actor is the GPU Ray assigned to it)."""
+    num_envs: int = 1
+    """N: the episodes (seeds × instances) of one policy run N at a time as the runs of one batched
+    vector env (``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="vector_entry_point")``),
+    each run with its own copy of the policy; every worker process or Ray actor runs such batches.
+    Run i's episode is the single env's episode of the same (policy, seed, instance), so the records
+    do not depend on N (up to the floating-point order of a different ``executor``). 1 = one episode
+    at a time on the single env. With ``robustness`` or a ``record`` folder, or an env without a
+    vector entry point, the episodes run one at a time on the single env whatever N is."""
+    executor: Literal["auto", "vmap", "loop"] = "auto"
+    """How the batched engine maps its update over the N runs: "loop", "vmap" or "auto" (vmap on CUDA,
+    loop on the CPU)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -183,6 +199,10 @@ class BenchConfig:
             )
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {self.num_envs!r}")
+        if self.executor not in ("auto", "vmap", "loop"):
+            raise ValueError(f"executor must be 'auto', 'vmap' or 'loop', got {self.executor!r}")
         if self.contaminated_label_samples is not None and self.contaminated_label_samples < 1:
             raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
         if self.metrics not in ("basic", "full"):
@@ -330,26 +350,27 @@ def run_benchmark(
         bar.set_postfix_str(f"{name} seed {episode['seed']}")
         bar.update(1)
 
-    if pending and config.backend == "ray":
+    batches = _batches(runs, pending, runner.num_envs)
+    if batches and config.backend == "ray":
         from .ray_backend import run_on_ray
 
-        for index, outcome in run_on_ray(policies, config, runs, pending, record=record is not None):
+        for index, outcome in run_on_ray(policies, config, runs, batches, record=record is not None):
             finish(index, outcome)
-    elif config.workers > 1 and robust is None and len(pending) > 1:
-        for index, outcome in _run_in_workers(policies, config, runs, pending, record=record is not None):
+    elif config.workers > 1 and robust is None and len(batches) > 1:
+        for index, outcome in _run_in_workers(policies, config, runs, batches, record=record is not None):
             finish(index, outcome)
     else:
-        for index in pending:
-            name, seed, instance = runs[index]
-            bar.set_postfix_str(f"{name} seed {seed}")
-            episode, ev, steps = runner.episode(name, seed, instance)
-            if robust is not None:
-                t2 = time.perf_counter()
-                figures = robust()
-                episode |= figures["summary"]
-                episode["robustness"] = figures
-                episode["seconds_robustness"] = round(time.perf_counter() - t2, 3)
-            finish(index, (episode, ev, steps))
+        for batch in batches:
+            name, seed, _ = runs[batch[0]]
+            bar.set_postfix_str(f"{name} seed {seed}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
+            for index, (episode, ev, steps) in zip(batch, runner.run_units([runs[k] for k in batch])):
+                if robust is not None:  # one episode per batch: the env's model is this episode's
+                    t2 = time.perf_counter()
+                    figures = robust()
+                    episode |= figures["summary"]
+                    episode["robustness"] = figures
+                    episode["seconds_robustness"] = round(time.perf_counter() - t2, 3)
+                finish(index, (episode, ev, steps))
     bar.close()
     episodes: list[dict] = records  # type: ignore[assignment]  (every run is filled in)
     for index in sorted(pooled):
@@ -421,7 +442,7 @@ def run_benchmark(
             summary[name]["fidelity"] = {m: c | {"n": len(mine)} for m, c in cells.items()}
             if name in verdicts:
                 summary[name]["fidelity_vs_reference"] = verdicts[name]
-    runner.env.close()
+    runner.close()
     return result
 
 
@@ -457,7 +478,9 @@ def fidelity_by_episode(
 
 
 class EpisodeRunner:
-    """One env and one evaluator: runs one policy's episode on a (seed, instance) and evaluates it.
+    """One env and one evaluator: runs one policy's episode on a (seed, instance) and evaluates it,
+    or (:meth:`episodes`) up to ``config.num_envs`` episodes of one policy as the runs of one
+    batched vector env.
 
     The runner of :func:`run_benchmark` (and of each of its worker processes and Ray actors).
 
@@ -477,6 +500,14 @@ class EpisodeRunner:
 
         self.policies, self.config, self.record = policies, config, record
         self.env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
+        self.vec = None
+        """The batched vector env of :meth:`episodes` (made at its first call)."""
+        batched = gym.spec(config.env_id).vector_entry_point is not None
+        per_policy = len(config.seeds) * len(config.instances)
+        self.num_envs = min(config.num_envs, per_policy) if batched and not (record or config.robustness) else 1
+        """Episodes per batch of :meth:`run_units`: ``config.num_envs`` (at most a policy's episodes), or 1
+        where the episodes run one at a time (recording, robustness attacks, an env without a vector
+        entry point)."""
         self.base = base = self.env.unwrapped
         self.evaluate: Callable[[], Any] | None = None
         self.classifier = None
@@ -507,10 +538,12 @@ class EpisodeRunner:
             )
             self.evaluate = self._evaluate
 
-    def _evaluate(self):
+    def _evaluate(self, model=None):
+        """Evaluate ``model`` (default: the single env's unlearned model) by sampling."""
         from .metrics.forget import erasure_figures, evaluate_model
 
-        ev = evaluate_model(self.base.engine.model(), self.classifier, **self._eval_kw)
+        model = self.base.engine.model() if model is None else model
+        ev = evaluate_model(model, self.classifier, **self._eval_kw)
         forget_class = getattr(self.base, "forget_class", None)  # SFD-v0: class erasure figures too
         if forget_class is not None:
             ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
@@ -566,36 +599,215 @@ class EpisodeRunner:
             rewards.append(float(reward))
             obs, done, episode_start = next_obs, terminated or truncated, False
         t1 = time.perf_counter()
-        record = {
-            "policy": name,
-            "seed": seed,
-            "instance": instance,
-            "return": float(np.sum(rewards)),
-            "length": len(rewards),
-            "diverged": bool(info.get("diverged", False)),
-            "efficacy": float(info.get("efficacy", float("nan"))),
-            "degradation": float(info.get("degradation", float("nan"))),
-            "mean_lambda": float(np.mean(lams)),
-            "lambdas": lams,
-            "rewards": rewards,
-            "seconds_unlearn": round(t1 - t0, 3),
-        }
+        record = _episode_record(name, seed, instance, lams, rewards, info, t1 - t0)
         ev = None
         if self.evaluate is not None:
             ev = self.evaluate()
-            keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
-            record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
-            record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
-            record["seconds_evaluate"] = round(time.perf_counter() - t1, 3)
+            _add_evaluation(record, ev, round(time.perf_counter() - t1, 3))
         return record, ev, None if steps is None else steps.finish(seed, instance)
 
+    def episodes(self, units: Sequence[tuple[str, int, int | None]]) -> list[tuple[dict, Any, None]]:
+        """The episodes of ``units`` = [(name, seed, instance), ...] (one policy, at most ``num_envs``) as
+        the runs of one batched vector env: run i's record and evaluation are :meth:`episode`'s.
+
+        Run i gets its own deep copy of the policy, reset with its seed (a stateful policy keeps one
+        state per run), and ``reset(seed=[s_0, ...], options={"instance": [i_0, ...]})`` seeds each
+        run as the single env. Every run steps until its episode ends (at the horizon, or earlier
+        where it diverges); a run that has ended is stepped on with a zero action until the batch
+        is done, its outputs dropped (unused runs of a short batch likewise). The vector env resets
+        a run inside the ``step`` that ends its episode (``SAME_STEP`` autoreset), which restores its
+        weights: the runner evaluates the run's model (``engine.model(i)``) just before the engine
+        restores it (:func:`_evaluate_before_restore`), so the evaluation sees the unlearned
+        weights, as the single env's. ``seconds_unlearn`` is the batch's time until the run ended
+        (evaluations excluded), shared by the runs.
+
+        Returns:
+            One (record, evaluation or None, None) per unit, in order (no recording here).
+        """
+        import copy
+
+        from .envs.sb3 import unbatch_infos
+
+        if not units or len(units) > self.num_envs:
+            raise ValueError(f"episodes: expected 1 to {self.num_envs} units, got {len(units)}")
+        names = {u[0] for u in units}
+        if len(names) != 1:
+            raise ValueError(f"episodes: expected the units of one policy, got {sorted(names)}")
+        vec = self._vector_env()
+        n, k = vec.num_envs, len(units)
+        name = units[0][0]
+        copies = [copy.deepcopy(self.policies[name]) for _ in units]
+        for policy, (_, seed, _) in zip(copies, units):
+            if hasattr(policy, "reset"):
+                policy.reset(seed)
+        pad = [units[-1]] * (n - k)  # unused runs repeat the last unit; their outputs are dropped
+        seeds = [u[1] for u in (*units, *pad)]
+        instances = [u[2] for u in (*units, *pad)]
+        evaluations: dict[int, tuple[Any, float]] = {}
+        ended_at: dict[int, float] = {}
+        evaluating = [0.0]  # seconds spent evaluating so far (not unlearning time)
+
+        def evaluate(run: int) -> None:  # called with run's unlearned weights, before they are restored
+            if run < k and run not in evaluations and self.evaluate is not None:
+                t = time.perf_counter()
+                evaluations[run] = (self._evaluate(vec.unwrapped.engine.model(run)), round(time.perf_counter() - t, 3))
+                evaluating[0] += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        options = None if all(i is None for i in instances) else {"instance": instances}  # as :meth:`episode`
+        obs, _ = vec.reset(seed=seeds, options=options)
+        lams: list[list[float]] = [[] for _ in units]
+        rewards: list[list[float]] = [[] for _ in units]
+        last_info: list[dict] = [{} for _ in units]
+        active = [True] * k
+        episode_start = True
+        while any(active):
+            actions = [None] * n
+            for i in range(k):
+                if active[i]:
+                    actions[i], _ = copies[i].predict(
+                        obs[i], episode_start=np.array([episode_start]), deterministic=self.config.deterministic
+                    )
+            template = np.asarray(next(a for a in actions if a is not None))
+            batch = np.stack([np.asarray(a) if a is not None else np.zeros_like(template) for a in actions])
+            with _evaluate_before_restore(vec.unwrapped.engine, evaluate):
+                next_obs, reward, terminated, truncated, infos = vec.step(batch)
+            run_infos = unbatch_infos(infos, n)
+            for i in range(k):
+                if not active[i]:
+                    continue
+                done = bool(terminated[i] or truncated[i])
+                info = run_infos[i]["final_info"] if done else run_infos[i]
+                obs_i = infos["final_obs"][i] if done else next_obs[i]
+                if hasattr(copies[i], "observe"):
+                    copies[i].observe(
+                        obs[i], actions[i], reward[i], obs_i, bool(terminated[i]), bool(truncated[i]), info
+                    )
+                lams[i].append(float(info["lam"]))
+                rewards[i].append(float(reward[i]))
+                if done:
+                    active[i], last_info[i] = False, info
+                    ended_at[i] = time.perf_counter() - evaluating[0]
+                    evaluate(i)  # where the vector env ended the episode without restoring the weights
+            obs, episode_start = next_obs, False
+        out = []
+        for i, (_, seed, instance) in enumerate(units):
+            record = _episode_record(name, seed, instance, lams[i], rewards[i], last_info[i], ended_at[i] - t0)
+            ev = None
+            if i in evaluations:
+                ev, seconds = evaluations[i]
+                _add_evaluation(record, ev, seconds)
+            out.append((record, ev, None))
+        return out
+
+    def _vector_env(self):
+        """The batched vector env of ``num_envs`` runs (made once)."""
+        if self.vec is None:
+            import gymnasium as gym
+
+            kwargs = make_kwargs(self.config.env_kwargs)
+            self.vec = gym.make_vec(
+                self.config.env_id,
+                num_envs=self.num_envs,
+                vectorization_mode="vector_entry_point",
+                executor=self.config.executor,
+                **kwargs,
+            )
+        return self.vec
+
+    def run_units(self, units: Sequence[tuple[str, int, int | None]]) -> list[tuple[dict, Any, Any]]:
+        """The outcomes of ``units`` (one policy, at most ``num_envs``): :meth:`episodes` where the
+        runner batches, else :meth:`episode` of each."""
+        if self.num_envs > 1:
+            return self.episodes(units)
+        return [self.episode(*unit) for unit in units]
+
+    def remote_units(self, units: Sequence[tuple[str, int, int | None]]) -> list[tuple[dict, Any, Any]]:
+        """:meth:`run_units` with only what the parent draws and pools of each evaluation (its images
+        and labels, on the CPU): what a worker process or Ray actor sends back."""
+        out = []
+        for record, ev, steps in self.run_units(units):
+            if ev is not None:
+                ev = SimpleNamespace(images=ev.images.cpu(), labels=ev.labels.cpu())
+            out.append((record, ev, steps))
+        return out
+
     def remote_episode(self, unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
-        """:meth:`episode` of ``unit`` = (name, seed, instance), with only what the parent draws and
-        pools of the evaluation (its images and labels, on the CPU): what a worker sends back."""
-        record, ev, steps = self.episode(*unit)
-        if ev is not None:
-            ev = SimpleNamespace(images=ev.images.cpu(), labels=ev.labels.cpu())
-        return record, ev, steps
+        """:meth:`remote_units` of one unit = (name, seed, instance)."""
+        return self.remote_units([unit])[0]
+
+    def close(self) -> None:
+        """Close the env (and the vector env, where one was made)."""
+        self.env.close()
+        if self.vec is not None:
+            self.vec.close()
+
+
+def _episode_record(
+    name: str, seed: int, instance: int | None, lams: list[float], rewards: list[float], info: dict, seconds: float
+) -> dict:
+    """One episode's record from its λs, rewards and last step's ``info``."""
+    return {
+        "policy": name,
+        "seed": seed,
+        "instance": instance,
+        "return": float(np.sum(rewards)),
+        "length": len(rewards),
+        "diverged": bool(info.get("diverged", False)),
+        "efficacy": float(info.get("efficacy", float("nan"))),
+        "degradation": float(info.get("degradation", float("nan"))),
+        "mean_lambda": float(np.mean(lams)),
+        "lambdas": lams,
+        "rewards": rewards,
+        "seconds_unlearn": round(seconds, 3),
+    }
+
+
+def _add_evaluation(record: dict, ev, seconds: float) -> None:
+    """Add the evaluation's figures (forget rate, retain accuracy, per-label accuracy, ...) to ``record``."""
+    keys = ("forget_rate", "retain_accuracy", "contaminated_label_accuracy", "unlearning_accuracy")
+    record |= {k: float(ev.figures[k]) for k in (*keys, "remaining_accuracy") if k in ev.figures}
+    record["per_label_accuracy"] = {y: row["accuracy"] for y, row in ev.figures["per_label"].items()}
+    record["seconds_evaluate"] = seconds
+
+
+@contextmanager
+def _evaluate_before_restore(engine, evaluate: Callable[[int], None]):
+    """Within the block, call ``evaluate(i)`` for each run i just before ``engine.restore`` restores it.
+
+    The batched vector env resets a run inside the ``step`` that ends its episode (``SAME_STEP``
+    autoreset), restoring the pretrained weights through ``engine.restore(runs)``; this lets the runner
+    evaluate the unlearned weights first. (A vector env with a no-autoreset option would make it
+    unnecessary.)
+    """
+    restore = engine.restore
+
+    def hooked(runs=None):
+        if runs is None:
+            chosen = range(engine.num_runs)
+        else:
+            r = np.asarray(runs)
+            chosen = np.flatnonzero(r) if r.dtype == bool else r.reshape(-1)
+        for i in chosen:
+            evaluate(int(i))
+        return restore(runs)
+
+    engine.restore = hooked
+    try:
+        yield
+    finally:
+        del engine.restore  # the class's method again
+
+
+def _batches(runs: Sequence[tuple], indices: Sequence[int], size: int) -> list[list[int]]:
+    """``indices`` in order, cut into batches of at most ``size`` runs of one policy each."""
+    out: list[list[int]] = []
+    for k in indices:
+        if out and len(out[-1]) < size and runs[out[-1][0]][0] == runs[k][0]:
+            out[-1].append(k)
+        else:
+            out.append([k])
+    return out
 
 
 _WORKER: EpisodeRunner | None = None
@@ -609,26 +821,27 @@ def _worker_init(policies: Mapping[str, Any], config: BenchConfig, record: bool)
     _WORKER = EpisodeRunner(policies, config, record=record)
 
 
-def _worker_episode(unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
-    return _WORKER.remote_episode(unit)
+def _worker_units(units: list[tuple[str, int, int | None]]) -> list[tuple[dict, Any, Any]]:
+    return _WORKER.remote_units(units)
 
 
-def _run_in_workers(policies, config: BenchConfig, runs: list, indices: list[int], record: bool = False):
-    """Run ``runs[k]`` for k in ``indices`` in ``config.workers`` spawned processes; yields
-    (k, (record, evaluation, steps)) as each episode finishes."""
+def _run_in_workers(policies, config: BenchConfig, runs: list, batches: list[list[int]], record: bool = False):
+    """Run the batches of ``runs`` (each a list of indices k: :meth:`EpisodeRunner.run_units` of
+    ``runs[k]``) in ``config.workers`` spawned processes; yields (k, (record, evaluation, steps)) as
+    each batch finishes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")  # CUDA-safe, and no torch state forked
     with ProcessPoolExecutor(
-        min(config.workers, len(indices)),
+        min(config.workers, len(batches)),
         mp_context=context,
         initializer=_worker_init,
         initargs=(dict(policies), config, record),
     ) as pool:
-        futures = {pool.submit(_worker_episode, runs[k]): k for k in indices}
+        futures = {pool.submit(_worker_units, [runs[k] for k in batch]): batch for batch in batches}
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            yield from zip(futures[future], future.result())
 
 
 def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) -> tuple[Callable[[], dict], dict]:

@@ -620,6 +620,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ray_address=args.address,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
+            num_envs=args.num_envs,
+            executor=args.executor,
         )
         t0 = time.perf_counter()
         log_path = Path(out) / EPISODE_LOG
@@ -864,7 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-envs",
         type=int,
         default=None,
-        help="train on N runs batched in one engine (gymnasium.make_vec + the SB3 adapter) instead of n_envs copies",
+        help="train on N runs batched in one engine (gymnasium.make_vec; SB3 algorithms through the SB3 adapter, MCPG "
+        "collecting N episodes at a time) instead of n_envs copies",
     )
     p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -905,6 +908,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="processes running episodes side by side (0 = one per CPU core on the CPU, 1 on a GPU)",
+    )
+    p.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each policy's episodes N at a time as the runs of one batched vector env (each worker runs such "
+        "batches; the same records as N = 1, one episode at a time; best with N dividing seeds x instances, a short "
+        "batch still steps all N runs); with --robustness or --record, or an env without a vector entry point, "
+        "episodes run one at a time",
+    )
+    p.add_argument(
+        "--executor",
+        default="auto",
+        choices=["auto", "vmap", "loop"],
+        help="with --num-envs: how the batched engine maps over the runs (auto: vmap on CUDA, loop on the CPU)",
     )
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
     p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")

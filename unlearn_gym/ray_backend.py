@@ -1,9 +1,10 @@
 """Ray for the benchmark runner and the agent sweeps: the session, and episodes on Ray actors.
 
-``unlearn-gym bench --backend ray`` runs each (policy, seed, instance) episode on a Ray actor that
-holds one :class:`~unlearn_gym.bench.EpisodeRunner` (its own env and evaluator, like a ``--workers``
-process) and declares ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs; Ray places the actors
-on the cluster's nodes. The parent receives each episode's outcome as it finishes and logs, resumes
+``unlearn-gym bench --backend ray`` runs each batch of (policy, seed, instance) episodes (one
+episode, or with ``--num-envs N`` up to N of one policy as the runs of one batched vector env) on a
+Ray actor that holds one :class:`~unlearn_gym.bench.EpisodeRunner` (its own env and evaluator, like
+a ``--workers`` process) and declares ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs; Ray places
+the actors on the cluster's nodes. The parent receives each episode's outcome as it finishes and logs, resumes
 and reports exactly as with the local backend. Without an address, ``ray.init()`` starts a local
 cluster on this machine, so a laptop and a cluster run the same command.
 
@@ -118,45 +119,47 @@ class _EpisodeActor:
         torch.set_num_threads(max(1, int(config.cpus_per_trial)))
         self.runner = EpisodeRunner(policies, config, record=record)
 
-    def run(self, unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
-        return self.runner.remote_episode(unit)
+    def run(self, units: list[tuple[str, int, int | None]]) -> list[tuple[dict, Any, Any]]:
+        return self.runner.remote_units(units)
 
 
 def run_on_ray(
     policies: Mapping[str, Any],
     config: BenchConfig,
     runs: Sequence[tuple[str, int, int | None]],
-    indices: Sequence[int],
+    batches: Sequence[Sequence[int]],
     *,
     record: bool = False,
 ) -> Iterator[tuple[int, tuple[dict, Any, Any]]]:
-    """Run ``runs[k]`` for k in ``indices`` on Ray actors; yields (k, (record, evaluation, steps)) as
-    each episode finishes (what :func:`~unlearn_gym.bench._run_in_workers` yields).
+    """Run the batches of ``runs`` (each a list of indices k, run together by
+    :meth:`~unlearn_gym.bench.EpisodeRunner.run_units`) on Ray actors; yields (k, (record,
+    evaluation, steps)) for each episode of a batch as the batch finishes (what
+    :func:`~unlearn_gym.bench._run_in_workers` yields).
 
-    As many actors as the cluster holds at once (:func:`actor_slots`, at most one per episode) each
-    build an :class:`~unlearn_gym.bench.EpisodeRunner` once and then take the next episode as they
+    As many actors as the cluster holds at once (:func:`actor_slots`, at most one per batch) each
+    build an :class:`~unlearn_gym.bench.EpisodeRunner` once and then take the next batch as they
     free up. The session is :func:`ray_session`'s for ``config.ray_address``.
     """
     with ray_session(config.ray_address) as ray:
         slots = actor_slots(ray.cluster_resources(), config.cpus_per_trial, config.gpus_per_trial)
         actor_class = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(_EpisodeActor)
         shared = (ray.put(dict(policies)), ray.put(config))
-        actors = [actor_class.remote(*shared, record) for _ in range(min(slots, len(indices)))]
-        queue = list(indices)
-        in_flight: dict[Any, tuple[int, Any]] = {}
+        actors = [actor_class.remote(*shared, record) for _ in range(min(slots, len(batches)))]
+        queue = [list(b) for b in batches]
+        in_flight: dict[Any, tuple[list[int], Any]] = {}
         try:
             for actor in actors:
                 if queue:
-                    k = queue.pop(0)
-                    in_flight[actor.run.remote(runs[k])] = (k, actor)
+                    batch = queue.pop(0)
+                    in_flight[actor.run.remote([runs[k] for k in batch])] = (batch, actor)
             while in_flight:
                 [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                k, actor = in_flight.pop(ref)
-                outcome = ray.get(ref)
+                batch, actor = in_flight.pop(ref)
+                outcomes = ray.get(ref)
                 if queue:
                     nxt = queue.pop(0)
-                    in_flight[actor.run.remote(runs[nxt])] = (nxt, actor)
-                yield k, outcome
+                    in_flight[actor.run.remote([runs[k] for k in nxt])] = (nxt, actor)
+                yield from zip(batch, outcomes)
         finally:
             for actor in actors:
                 ray.kill(actor)

@@ -1,7 +1,10 @@
 """MCPG: Monte-Carlo policy gradient (REINFORCE) with a KL term, the paper's first RL agent.
 
-SB3 has no REINFORCE, so this is a small explicit implementation (CleanRL style). The policy is
-Gaussian in a latent z with λ = sigmoid(z), as in Adaptive-λ SISS:
+SB3 has no REINFORCE, so this is a small explicit implementation (CleanRL style). It collects one
+episode at a time from a single env, or N at a time (one per run, the policy's forward pass batched
+over the runs) from a batched vector env (``gymnasium.make_vec(id, num_envs=N,
+vectorization_mode="vector_entry_point")``). The policy is Gaussian in a latent z with
+λ = sigmoid(z), as in Adaptive-λ SISS:
 
     z_t ~ π_φ(· | s_t) = N(μ_φ(s_t), σ_φ(s_t)²),  action a_t = 2·sigmoid(z_t) − 1 = tanh(z_t / 2),
 
@@ -18,13 +21,15 @@ import json
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
 from ..models.checkpoint import load_tensors, save_tensors_atomic
-from .callbacks import log_episode_end, log_step_info
+from .callbacks import log_episode_end, log_step_info, step_keys
 
 __all__ = ["GaussianLambdaPolicy", "MCPG"]
 
@@ -80,12 +85,21 @@ def kl_to_standard_normal(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tens
 
 
 class MCPG:
-    """REINFORCE with a KL term on one env (see the module docstring for the objective).
+    """REINFORCE with a KL term on one env or a batched vector env (see the module docstring for the objective).
+
+    With a vector env of N runs, each collection resets all N runs (run i with episode k + i's seed)
+    and steps them together until every run's episode has ended; the transitions a run makes after
+    its episode ended (the vector env has reset it, ``SAME_STEP`` autoreset) are dropped. The episodes
+    are those a single env would give with the same seeds and actions, and the noise of z is drawn
+    for all N runs at once, so N = 1 through the vector env gives exactly the single env's training.
 
     Args:
-        env: a Gymnasium env with a Box(−1, 1) action space (e.g. ``gym.make("unlearn_gym/SISS-v0")``).
+        env: a Gymnasium env with a Box(−1, 1) action space (e.g. ``gym.make("unlearn_gym/SISS-v0")``),
+            or a vector env of such runs with ``SAME_STEP`` autoreset (e.g. ``gym.make_vec(
+            "unlearn_gym/SISS-v0", num_envs=N, vectorization_mode="vector_entry_point")``).
         learning_rate: Adam's step size for φ.
-        episodes_per_update: whole episodes per policy-gradient step.
+        episodes_per_update: whole episodes per policy-gradient step (with a vector env of N runs,
+            rounded up to a multiple of N: every collection yields N episodes).
         gamma: discount of the returns-to-go.
         kl_coef: weight of KL(π_φ(·|s) ‖ N(0, 1)).
         net_arch: hidden widths of the policy MLP.
@@ -108,6 +122,15 @@ class MCPG:
         if episodes_per_update < 1:
             raise ValueError(f"episodes_per_update must be >= 1, got {episodes_per_update}")
         self.env = env
+        self.num_envs = env.num_envs if isinstance(env, gym.vector.VectorEnv) else None
+        """N runs of a vector env; None: a single env."""
+        if self.num_envs is not None and env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+            raise ValueError(
+                "MCPG needs a vector env with SAME_STEP autoreset (unlearn-gym's batched env, gymnasium.make_vec(..., "
+                f"vectorization_mode='vector_entry_point')), got autoreset_mode {env.metadata.get('autoreset_mode')}"
+            )
+        observation_space = env.observation_space if self.num_envs is None else env.single_observation_space
+        action_space = env.action_space if self.num_envs is None else env.single_action_space
         self.hyperparams = {
             "learning_rate": learning_rate,
             "episodes_per_update": episodes_per_update,
@@ -119,7 +142,7 @@ class MCPG:
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.policy = GaussianLambdaPolicy(env.observation_space.shape[0], env.action_space.shape[0], net_arch)
+            self.policy = GaussianLambdaPolicy(observation_space.shape[0], action_space.shape[0], net_arch)
         self.policy.seed(seed)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
         self.generator = gen
@@ -137,10 +160,19 @@ class MCPG:
 
     # -- training ----------------------------------------------------------------------------
 
+    def _episode_seed(self, k: int) -> int:
+        """Episode k's reset seed, drawn from (seed, k): a resumed run continues exactly."""
+        return int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
+
+    def _collect(self) -> list[tuple[torch.Tensor, torch.Tensor, list[float]]]:
+        """The next episode (single env) or N episodes (vector env): (observations, z, rewards) each."""
+        if self.num_envs is None:
+            return [self._run_episode()]
+        return self._run_episodes()
+
     def _run_episode(self):
-        # episode k resets with a seed drawn from (seed, k): a resumed run continues exactly
-        episode_seed = int(np.random.SeedSequence([self.seed, self.num_episodes]).generate_state(1)[0])
-        self._obs, _ = self.env.reset(seed=episode_seed)
+        self._obs, reset_info = self.env.reset(seed=self._episode_seed(self.num_episodes))
+        keys = step_keys(reset_info)
         obs_list, z_list, rewards = [], [], []
         done, info = False, {}
         while not done:
@@ -155,12 +187,50 @@ class MCPG:
             rewards.append(float(reward))
             self.num_timesteps += 1
             if self.logger is not None:
-                log_step_info(self.logger, info)
+                log_step_info(self.logger, info, keys)
             done = terminated or truncated
         self.num_episodes += 1
         if self.logger is not None:
             log_episode_end(self.logger, info, sum(rewards), len(rewards))
         return torch.stack(obs_list), torch.stack(z_list), rewards
+
+    def _run_episodes(self):
+        """One episode per run of the vector env, the policy evaluated on all N observations at once."""
+        from ..envs.sb3 import unbatch_infos
+
+        n = self.num_envs
+        seeds = [self._episode_seed(self.num_episodes + i) for i in range(n)]
+        obs, reset_infos = self.env.reset(seed=seeds)
+        keys = step_keys(reset_infos)
+        obs_lists: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        z_lists: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        rewards: list[list[float]] = [[] for _ in range(n)]
+        active = [True] * n
+        while any(active):
+            obs_t = torch.as_tensor(np.asarray(obs, np.float32))  # (N, d)
+            with torch.no_grad():
+                mu, log_std = self.policy(obs_t)
+                z = mu + log_std.exp() * torch.randn(mu.shape, generator=self.generator)
+            actions = torch.tanh(z / 2).numpy().astype(np.float32)  # (N, k)
+            obs, reward, terminated, truncated, infos = self.env.step(actions)
+            run_infos = unbatch_infos(infos, n)
+            for i in range(n):
+                if not active[i]:
+                    continue  # run i's episode has ended; this transition belongs to its next one
+                done = bool(terminated[i] or truncated[i])
+                info = run_infos[i]["final_info"] if done else run_infos[i]
+                obs_lists[i].append(obs_t[i])
+                z_lists[i].append(z[i])
+                rewards[i].append(float(reward[i]))
+                self.num_timesteps += 1
+                if self.logger is not None:
+                    log_step_info(self.logger, info, keys)
+                if done:
+                    active[i] = False
+                    if self.logger is not None:
+                        log_episode_end(self.logger, info, sum(rewards[i]), len(rewards[i]))
+        self.num_episodes += n
+        return [(torch.stack(obs_lists[i]), torch.stack(z_lists[i]), rewards[i]) for i in range(n)]
 
     def _returns_to_go(self, rewards: list[float]) -> torch.Tensor:
         g, out = 0.0, []
@@ -193,16 +263,17 @@ class MCPG:
         }
 
     def learn(self, total_timesteps: int, *, progress_bar: bool = False, checkpoint=None):
-        """Run whole episodes until ``num_timesteps`` reaches ``total_timesteps`` (counted in env steps).
+        """Run whole episodes until ``num_timesteps`` reaches ``total_timesteps`` (counted in env steps of
+        every run; a vector env's last collection finishes all N episodes).
 
         ``checkpoint``: optional ``callable(self)`` called after each update (the trainer saves there).
         """
         bar = tqdm(total=total_timesteps, initial=self.num_timesteps, disable=not progress_bar, desc="MCPG")
         while self.num_timesteps < total_timesteps:
             episodes = []
-            for _ in range(self.hyperparams["episodes_per_update"]):
+            while len(episodes) < self.hyperparams["episodes_per_update"]:
                 before = self.num_timesteps
-                episodes.append(self._run_episode())
+                episodes += self._collect()
                 bar.update(self.num_timesteps - before)
                 if self.num_timesteps >= total_timesteps:
                     break

@@ -34,7 +34,7 @@ from ..models.checkpoint import write_json_atomic
 from .hyperparams import ALGO_NAMES, activation_class, load_hyperparams
 from .policy import SB3_ALGOS, export_agent
 
-__all__ = ["TrainResult", "train_agent", "make_training_env", "make_batched_training_env"]
+__all__ = ["TrainResult", "train_agent", "make_training_env", "make_batched_training_env", "make_batched_env"]
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,21 @@ def make_batched_training_env(env_id: str, env_kwargs: dict, num_envs: int, seed
     """
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from ..env_kwargs import make_kwargs
     from ..envs.sb3 import SB3VecEnv
 
-    spec = gym.spec(env_id)
-    if spec.vector_entry_point is None:
-        raise ValueError(f"--num-envs: {env_id} has no batched vector env; use n_envs copies (the YAML's n_envs)")
-    venv = SB3VecEnv(
-        gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **make_kwargs(env_kwargs))
-    )
+    venv = SB3VecEnv(make_batched_env(env_id, env_kwargs, num_envs))
     venv.seed(seed)
     return VecMonitor(venv)
+
+
+def make_batched_env(env_id: str, env_kwargs: dict, num_envs: int):
+    """``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="vector_entry_point")``: N runs in one
+    engine; a clear error where ``env_id`` has no batched vector env."""
+    from ..env_kwargs import make_kwargs
+
+    if gym.spec(env_id).vector_entry_point is None:
+        raise ValueError(f"--num-envs: {env_id} has no batched vector env; use n_envs copies (the YAML's n_envs)")
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **make_kwargs(env_kwargs))
 
 
 def _checkpoints(directory: Path, prefix: str, suffix: str) -> list[tuple[Path, int]]:
@@ -206,13 +210,12 @@ def train_agent(
             with ``num_envs``).
         vec_env: "dummy" or "subproc": how the YAML's ``n_envs`` separate copies run.
         num_envs: N >= 1: train on one batched vector env of N runs (one engine, one batched
-            update per step; :func:`make_batched_training_env`) instead of ``n_envs`` copies. SB3
-            algorithms only.
+            update per step) instead of ``n_envs`` copies: SB3 algorithms through
+            :func:`make_batched_training_env`, MCPG collecting N episodes at a time (the env id
+            needs a ``vector_entry_point``).
     """
     if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
         raise ValueError(f"num_envs must be None or an int >= 1, got {num_envs!r}")
-    if num_envs is not None and algo == "mcpg":
-        raise ValueError("num_envs: MCPG collects one episode at a time; use an SB3 algorithm (ppo, sac, td3, ddpg)")
     if algo not in ALGO_NAMES:
         raise ValueError(f"algo must be one of {ALGO_NAMES}, got {algo!r}")
     if total_timesteps < 1:
@@ -225,7 +228,7 @@ def train_agent(
     if algo == "mcpg":
         timesteps = _train_mcpg(
             hp, env_id, env_kwargs, total_timesteps, seed, out, tensorboard, progress_bar, checkpoint_freq, resume,
-            sample_every, verbose,
+            sample_every, num_envs, verbose,
         )  # fmt: skip
     else:
         timesteps = _train_sb3(
@@ -351,23 +354,27 @@ def _train_sb3(
 
 def _train_mcpg(
     hp, env_id, env_kwargs, total_timesteps, seed, out, tensorboard, progress_bar, checkpoint_freq, resume,
-    sample_every, verbose,
+    sample_every, num_envs, verbose,
 ) -> int:  # fmt: skip
     from stable_baselines3.common.logger import configure
 
+    from ..env_kwargs import make_kwargs
     from ..envs.wrappers import EpisodeEndSamples
     from .mcpg import MCPG
 
     hp = dict(hp)
     hp.pop("n_envs", None)
-    from ..env_kwargs import make_kwargs
-
-    kwargs: dict[str, Any] = make_kwargs(env_kwargs)
-    if sample_every > 0:
-        kwargs["render_mode"] = "rgb_array"
-    env = gym.make(env_id, **kwargs)
-    if sample_every > 0:
-        env = EpisodeEndSamples(env, every=sample_every)
+    if num_envs is not None:  # N episodes at a time from one batched env (no sample grids)
+        env = make_batched_env(env_id, env_kwargs, num_envs)
+        observation_space, action_space = env.single_observation_space, env.single_action_space
+    else:
+        kwargs: dict[str, Any] = make_kwargs(env_kwargs)
+        if sample_every > 0:
+            kwargs["render_mode"] = "rgb_array"
+        env = gym.make(env_id, **kwargs)
+        if sample_every > 0:
+            env = EpisodeEndSamples(env, every=sample_every)
+        observation_space, action_space = env.observation_space, env.action_space
     formats = (["tensorboard"] if tensorboard else []) + (["stdout"] if verbose else [])
     logger = configure(str(out / "tb" / "mcpg_1"), formats) if formats else None
     model = MCPG(env, seed=seed, logger=logger, **hp)
@@ -394,8 +401,8 @@ def _train_mcpg(
         env_id=env_id,
         env_kwargs=env_kwargs,
         policy_kwargs=model.policy_kwargs(),
-        observation_space=env.observation_space,
-        action_space=env.action_space,
+        observation_space=observation_space,
+        action_space=action_space,
         extra={"timesteps": model.num_timesteps, "seed": seed, "hyperparams": model.hyperparams},
     )
     env.close()
