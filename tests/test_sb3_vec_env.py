@@ -89,5 +89,7 @@ def test_train_num_envs_trains_ppo_on_one_batched_env(tiny_checkpoint, tmp_path,
     summary = json.loads(capsys.readouterr().out)
     assert summary["timesteps"] == 32 and (tmp_path / "agent" / "agent.json").is_file()
     assert json.loads((tmp_path / "train.json").read_text())["num_envs"] == 2
-    with pytest.raises(SystemExit, match="SFD-v0 has no batched vector env"):
-        main(["train", "--algo", "ppo", "--env", "unlearn_gym/SFD-v0", "--num-envs", "2", "--out", str(tmp_path / "s")])
+    from unlearn_gym.agents.train import make_batched_env
+
+    with pytest.raises(ValueError, match="Pendulum-v1 has no batched vector env"):
+        make_batched_env("Pendulum-v1", {}, 2)
