@@ -221,10 +221,12 @@ def adamw_(
 
 class RunEngine:
     """What every N-run engine shares: the run axis, run selection, per-run arguments, the one host
-    copy of the statistics, and :meth:`model`.
+    copy of the statistics, seeding (:meth:`seed`), and :meth:`model`.
 
     A subclass calls :meth:`_init_runs` and sets ``params`` (name → (N, ...) the runs' model
-    weights θ_i) and ``_module`` (the architecture whose parameters ``params`` replaces).
+    weights θ_i), ``_module`` (the architecture whose parameters ``params`` replaces),
+    ``generators`` (one per run), ``probe_size``, ``_probe_valid`` ((N,) bool) and
+    :meth:`_redraw_probe` (draw run i's fixed probe from its generator).
     """
 
     stats_class: type[HostStats]
@@ -255,6 +257,23 @@ class RunEngine:
         if bad:
             raise ValueError(f"runs must be indices in [0, {self.num_runs}), got {bad}")
         return sorted(set(idx))
+
+    def seed(self, seeds, runs=None) -> None:
+        """Seed each run's data stream and redraw its fixed probe from it (:meth:`_redraw_probe`).
+
+        Args:
+            seeds: one int per selected run (an int is allowed when one run is selected).
+            runs: None (all runs), a bool mask (N,) or indices.
+        """
+        idx = self._runs(runs)
+        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+        if len(seeds) != len(idx):
+            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
+        for i, s in zip(idx, seeds):
+            self.generators[i].manual_seed(s)
+            if self.probe_size:
+                self._redraw_probe(i)
+                self._probe_valid[i] = True
 
     def _per_run(self, value, name: str, n: int) -> np.ndarray:
         """A scalar or (n,) array of ``name`` as (n,) float64."""
@@ -398,23 +417,10 @@ class UnlearningEngine(RunEngine):
         """(images, labels) of run ``run``'s forget set, on the device."""
         return self._forget[run]
 
-    def seed(self, seeds, runs=None) -> None:
-        """Seed each run's data stream and redraw its fixed probe (images, t, ε) from it.
-
-        Args:
-            seeds: one int per selected run (an int is allowed when one run is selected).
-            runs: None (all runs), a bool mask (N,) or indices.
-        """
-        idx = self._runs(runs)
-        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
-        if len(seeds) != len(idx):
-            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
-        for i, s in zip(idx, seeds):
-            self.generators[i].manual_seed(s)
-            if self.probe_size:
-                for buf, value in zip(self._probe, self._draw_probe(i)):
-                    buf[i].copy_(value)
-                self._probe_valid[i] = True
+    def _redraw_probe(self, i: int) -> None:
+        """Draw run i's fixed probe (images, t, ε) from its generator, in place."""
+        for buf, value in zip(self._probe, self._draw_probe(i)):
+            buf[i].copy_(value)
 
     def _draw_probe(self, i: int) -> tuple[torch.Tensor, ...]:
         p, g = self.probe_size, self.generators[i]

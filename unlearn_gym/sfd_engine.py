@@ -169,23 +169,10 @@ class SFDEngine(RunEngine):
 
     # -- data ----------------------------------------------------------------------------------
 
-    def seed(self, seeds, runs=None) -> None:
-        """Seed each run's stream of z, c, t, ε and redraw its probe inputs from it.
-
-        Args:
-            seeds: one int per selected run (an int is allowed when one run is selected).
-            runs: None (all runs), a bool mask (N,) or indices.
-        """
-        idx = self._runs(runs)
-        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
-        if len(seeds) != len(idx):
-            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
-        for i, s in zip(idx, seeds):
-            self.generators[i].manual_seed(s)
-            if self.probe_size:
-                shape = self._probe_z.shape[1:]
-                self._probe_z[i] = torch.randn(shape, generator=self.generators[i], device=self.device)
-                self._probe_valid[i] = True
+    def _redraw_probe(self, i: int) -> None:
+        """Draw run i's probe inputs z from its generator, in place."""
+        shape = self._probe_z.shape[1:]
+        self._probe_z[i] = torch.randn(shape, generator=self.generators[i], device=self.device)
 
     def _draw(self, i: int) -> tuple:
         """Run i's batch for one iteration, as the fields of :class:`SFDBatch`."""
