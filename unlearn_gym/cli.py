@@ -84,6 +84,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        retain_only=args.retain_only,
     )
     result = pretrain(
         scenario,
@@ -777,6 +778,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a train state")
+    p.add_argument(
+        "--retain-only",
+        action="store_true",
+        help="train on the retain set alone (never the forget set): the retrained, exact-unlearning reference",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)

@@ -1,4 +1,5 @@
-"""Pretraining of the class-conditional DDPM on a scenario's retain ∪ forget set.
+"""Pretraining of the class-conditional DDPM on a scenario's retain ∪ forget set (or, for the
+exact-unlearning reference of the paper's §3, on the retain set alone: ``retain_only``).
 
 The standard ε-prediction objective (Ho et al. 2020, eq. 14): x_t = γ_t x₀ + σ_t ε,
 loss = mean ‖ε − ε_θ(x_t, t, y)‖², t ~ U{0..T−1}; AdamW with linear warm-up and cosine decay;
@@ -57,6 +58,9 @@ class PretrainConfig:
     """Steps between resumable checkpoints."""
     seed: int = 0
     """Seed of the batch order, t and ε."""
+    retain_only: bool = False
+    """Train on the retain set alone, never seeing the forget set: the model retrained without
+    the forget set, the gold standard ("exact unlearning") that unlearned models are compared to."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -116,7 +120,8 @@ def pretrain(
     progress: bool = True,
     tensorboard: bool = True,
 ) -> PretrainResult:
-    """Train a class-conditional DDPM on ``scenario.training_set()`` and save it under ``out``.
+    """Train a class-conditional DDPM on ``scenario.training_set()`` (``scenario.retain`` with
+    ``config.retain_only``) and save it under ``out``.
 
     Args:
         scenario: the data; the model is conditioned on ``labels`` (contaminants carry label 1).
@@ -149,7 +154,7 @@ def pretrain(
         inv_gamma=config.ema_inv_gamma,
         power=config.ema_power,
     )
-    data = scenario.training_set()
+    data = scenario.retain if config.retain_only else scenario.training_set()
     images, labels = data.images.to(device), data.labels.to(device)
     sched = noise_schedule()
     gamma, sigma = sched.gamma.to(device, torch.float32), sched.sigma.to(device, torch.float32)
@@ -160,7 +165,7 @@ def pretrain(
     state_path = out / "train_state.safetensors"
     if resume and state_path.is_file():
         tensors, meta = load_tensors(state_path)
-        saved_cfg = json.loads(meta["pretrain"])
+        saved_cfg = {"retain_only": False} | json.loads(meta["pretrain"])  # written before retain_only existed
         # Settings that do not change the trajectory may differ: where to checkpoint, and, under a
         # constant learning rate, how far to go.
         free = {"checkpoint_every"} | ({"steps"} if config.lr_schedule == "constant" else set())
