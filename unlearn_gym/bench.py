@@ -557,7 +557,7 @@ class EpisodeRunner:
             if trained_on is not None:
                 differ = {
                     k: (trained_on.get(k), base.config.__dict__.get(k))
-                    for k in ("batch_size", "horizon", "lr", "action_mode", "objective")
+                    for k in ("batch_size", "horizon", "lr", "action_mode", "objective", "reward")
                     if k in trained_on and trained_on.get(k) != base.config.__dict__.get(k)
                 }
                 if differ:

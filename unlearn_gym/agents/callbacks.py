@@ -28,11 +28,19 @@ __all__ = [
 ACTION_KEYS = ("lam", "forget_scale_S")
 """The action's ``info`` entries logged every step (those an env reports)."""
 
-REWARD_KEYS = ("reward_efficacy_gain", "reward_smoothness", "reward_degradation")
-"""The reward terms' ``info`` entries logged every step."""
+REWARD_KEYS = (
+    "reward_efficacy_gain",
+    "reward_smoothness",
+    "reward_degradation",
+    "reward_forget",
+    "reward_retain_damage",
+)
+"""The reward terms' ``info`` entries logged every step (those an env reports: the last two are
+the sampled reward's)."""
 
-EPISODE_KEYS = ("efficacy", "degradation")
-"""``info`` entries of an episode's last step, averaged under ``episode/``."""
+EPISODE_KEYS = ("efficacy", "degradation", "sampled_forget_rate", "sampled_retain_accuracy", "sampled_damage")
+"""``info`` entries of an episode's last step, averaged under ``episode/`` (the ``sampled_*``
+ones: the sampled probe's outcome on the unlearned model, under ``reward="sampled"``)."""
 
 _NOT_STATISTICS = ("step",)
 """Numeric ``info`` entries that :func:`log_step_info` leaves out when it has no keys (a counter)."""

@@ -68,6 +68,14 @@ class RunEpisode:
     """The last observation (returned again on a divergent step)."""
     instance: int | None = None
     """The instance of the run's forget set (None: the whole forget set)."""
+    outcome_seed: int | None = None
+    """The seed of the run's sampled probe (its fixed initial noises; None under ``reward="probe"``)."""
+    outcome_ref: Any = None
+    """The sampled outcome of the model at reset (a :class:`~unlearn_gym.metrics.forget.SampledOutcome`)."""
+    forget_prev: float = 0.0
+    """F at the last evaluation of the sampled probe (F_0 at reset)."""
+    sampled_damage_prev: float = 0.0
+    """D⁺ at the last evaluation of the sampled probe (0 at reset)."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +97,18 @@ class DecodedAction:
 class UnlearningEnv(gym.Env):
     """One real unlearning update of a pretrained class-conditional DDPM per step (the envs' base).
 
-    The observation is [4 features, λ_{t−1}, t/T] (:meth:`features`), the reward
-    r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}) with the env's efficacy e_t and
-    degradation d_t (:meth:`efficacy_degradation`), d⁺ = max(0, d), e_0 = d⁺_0 = 0
-    (``degradation_penalty="level"``: −β·d⁺_t instead of the increment); a step whose statistics are
-    not finite gets −``divergence_penalty`` and terminates. Subclasses implement
-    :meth:`_make_engine`, :meth:`_action_dim`, :meth:`decode_action`, :meth:`features`,
+    The observation is [4 features, λ_{t−1}, t/T] (:meth:`features`). The reward has two forms.
+    With a sampled probe (:meth:`_make_outcome_probe`; SISS-v0's ``reward="sampled"``) it is
+    r_t = −(F_t − F_{t'}) − β·(D⁺_t − D⁺_{t'}) at the steps that evaluate the probe (every
+    ``eval_every`` steps and the last), with F the forget rate and D the damage of the
+    probe's samples against the model at reset (:class:`~unlearn_gym.metrics.forget.SampledOutcome`)
+    and t' the previous evaluation (F_0 at reset, D⁺_0 = 0), plus at every step
+    −α·‖λ_t − λ_{t−1}‖₁ and ``probe_shaping``·w of the denoising-loss terms below. Without one
+    (``reward="probe"``) it is r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}) with
+    the env's efficacy e_t and degradation d_t (:meth:`efficacy_degradation`), d⁺ = max(0, d),
+    e_0 = d⁺_0 = 0 (``degradation_penalty="level"``: −β·d⁺_t instead of the increment). A step
+    whose statistics are not finite gets −``divergence_penalty`` and terminates. Subclasses
+    implement :meth:`_make_engine`, :meth:`_action_dim`, :meth:`decode_action`, :meth:`features`,
     :meth:`efficacy_degradation` and :meth:`check_reset_options`, and may override the other hooks.
     """
 
@@ -130,6 +144,9 @@ class UnlearningEnv(gym.Env):
         self.checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else bundled_model_dir()
         unet, self.model_config = load_model(self.checkpoint, self.device)
         self.engine = self._make_engine(unet, self.model_config, self.device, num_runs=num_runs, executor=executor)
+        self.outcome_probe = self._make_outcome_probe()
+        """The sampled reward's probe (:class:`~unlearn_gym.metrics.forget.OutcomeProbe`), or None:
+        the reward is the denoising-loss probe's alone."""
         k = self._action_dim()
         self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
         self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(self.obs_names),), np.float32)
@@ -165,6 +182,21 @@ class UnlearningEnv(gym.Env):
     def efficacy_degradation(self, ep: RunEpisode, stats) -> tuple[float, float]:
         """(e_t, d_t) of ``stats`` relative to the reset statistics ``ep.ref``."""
         raise NotImplementedError
+
+    def _make_outcome_probe(self):
+        """The sampled probe of the reward (None: the reward is the denoising-loss probe's)."""
+        return None
+
+    @property
+    def outcome_eval_every(self) -> int | None:
+        """Steps between evaluations of the sampled probe (None: at the episode's last step only)."""
+        return None
+
+    def _outcome_due(self, t: int, last: bool) -> bool:
+        """Whether step ``t`` evaluates the sampled probe: the episode's last step, and every
+        :attr:`outcome_eval_every` steps."""
+        every = self.outcome_eval_every
+        return last or (every is not None and t % every == 0)
 
     def initial_lam(self) -> np.ndarray:
         """λ_{−1}: the smoothness penalty's previous action values at reset."""
@@ -205,24 +237,61 @@ class UnlearningEnv(gym.Env):
     def _obs(self, ep: RunEpisode, stats, lam: float) -> np.ndarray:
         return np.concatenate([self.features(ep, stats), [lam, ep.t / self.config.horizon]]).astype(np.float32)
 
-    def begin_episode(self, ep: RunEpisode, ref) -> tuple[np.ndarray, dict]:
-        """Start ``ep`` from the reset statistics ``ref`` (the engine's evaluation at λ_{−1}): (obs, info)."""
+    def begin_episode(
+        self, ep: RunEpisode, ref, outcome_seed: int | None = None, run: int = 0
+    ) -> tuple[np.ndarray, dict]:
+        """Start ``ep`` from the reset statistics ``ref`` (the engine's evaluation at λ_{−1}): (obs, info).
+
+        ``outcome_seed``: the seed of the run's sampled probe (with a sampled reward), whose
+        outcome on run ``run``'s model (the pretrained one, just restored) is the episode's reference.
+        """
         ep.ref = ref
         ep.t = 0
         ep.lam_prev = self.initial_lam()
         ep.efficacy_prev = 0.0
         ep.damage_prev = 0.0
         ep.needs_reset = False
+        info = {**self.reset_info(ep), "reference": ref.as_dict()}
+        if self.outcome_probe is not None:
+            if outcome_seed is None:
+                raise ValueError("begin_episode: a sampled reward needs the run's outcome_seed")
+            ep.outcome_seed = int(outcome_seed)
+            ep.outcome_ref = self.outcome_probe.measure_reference(self.engine.model(run), ep.outcome_seed)
+            ep.forget_prev = ep.outcome_ref.forget_rate
+            ep.sampled_damage_prev = 0.0
+            info["sampled_reference"] = {
+                "forget_rate": ep.outcome_ref.forget_rate,
+                "retain_accuracy": ep.outcome_ref.retain_accuracy,
+            }
         obs = self._obs(ep, ref, self.config.mixture_lambda)
         ep.last_obs = obs
-        return obs, {**self.reset_info(ep), "reference": ref.as_dict()}
+        return obs, info
+
+    def draw_outcome_seed(self, rng: np.random.Generator) -> int | None:
+        """The seed of a new episode's sampled probe, drawn from the run's ``rng`` (None without one)."""
+        return None if self.outcome_probe is None else int(rng.integers(2**63 - 1))
+
+    def _sampled_terms(self, ep: RunEpisode, run: int) -> tuple[float, float, dict]:
+        """Evaluate the sampled probe on run ``run``'s model: (F_{t'} − F_t, β·(D⁺_t − D⁺_{t'}), info)."""
+        outcome = self.outcome_probe.measure(self.engine.model(run), ep.outcome_seed)
+        damage = max(0.0, outcome.damage(ep.outcome_ref))
+        forget_gain = ep.forget_prev - outcome.forget_rate
+        penalty = self.config.beta * (damage - ep.sampled_damage_prev)
+        ep.forget_prev, ep.sampled_damage_prev = outcome.forget_rate, damage
+        info = {
+            "sampled_forget_rate": outcome.forget_rate,
+            "sampled_retain_accuracy": outcome.retain_accuracy,
+            "sampled_damage": damage,
+        }
+        return forget_gain, penalty, info
 
     def advance_episode(
-        self, ep: RunEpisode, decoded: DecodedAction, stats, limit: int | None = None
+        self, ep: RunEpisode, decoded: DecodedAction, stats, limit: int | None = None, run: int = 0
     ) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Advance ``ep`` by the update that gave ``stats``: (obs, reward, terminated, truncated, info).
 
-        ``limit``: the step that truncates (default ``horizon``).
+        ``limit``: the step that truncates (default ``horizon``). ``run``: the engine's run of ``ep``
+        (whose model the sampled probe evaluates).
         """
         cfg = self.config
         ep.t += 1
@@ -240,7 +309,6 @@ class UnlearningEnv(gym.Env):
             penalty = cfg.beta * (damage - ep.damage_prev)
         else:
             penalty = cfg.beta * damage
-        reward = gain - smooth - penalty
         ep.efficacy_prev = efficacy
         ep.damage_prev = damage
         ep.lam_prev = decoded.lam_vec
@@ -249,13 +317,23 @@ class UnlearningEnv(gym.Env):
         truncated = ep.t >= (cfg.horizon if limit is None else limit)
         if truncated:
             ep.needs_reset = True
+        info |= {"diverged": False, "efficacy": efficacy, "degradation": degradation, "reward_smoothness": -smooth}
+        if self.outcome_probe is None:
+            reward = gain - smooth - penalty
+            info |= {"reward_efficacy_gain": gain, "reward_degradation": -penalty}
+            return obs, float(reward), False, truncated, info
+        # the sampled reward: the denoising-loss terms only as shaping, the outcome at evaluations
+        w = cfg.probe_shaping
+        forget_gain, sampled_penalty = 0.0, 0.0
+        if self._outcome_due(ep.t, truncated):
+            forget_gain, sampled_penalty, sampled = self._sampled_terms(ep, run)
+            info |= sampled
+        reward = w * (gain - penalty) - smooth + forget_gain - sampled_penalty
         info |= {
-            "diverged": False,
-            "efficacy": efficacy,
-            "degradation": degradation,
-            "reward_efficacy_gain": gain,
-            "reward_smoothness": -smooth,
-            "reward_degradation": -penalty,
+            "reward_efficacy_gain": w * gain,
+            "reward_degradation": -w * penalty,
+            "reward_forget": forget_gain,
+            "reward_retain_damage": -sampled_penalty,
         }
         return obs, float(reward), False, truncated, info
 
@@ -268,7 +346,7 @@ class UnlearningEnv(gym.Env):
         self.engine.restore()
         self.engine.seed(int(self.np_random.integers(2**63 - 1)))
         ref = self.engine.evaluate(**self.reference_kwargs)[0]
-        return self.begin_episode(self._episode, ref)
+        return self.begin_episode(self._episode, ref, self.draw_outcome_seed(self.np_random))
 
     def step(self, action):
         if self._episode.needs_reset:

@@ -43,8 +43,29 @@ class SISSEnvConfig:
     """B: retain/forget pairs per update."""
     lr: float = 5e-5
     """AdamW learning rate."""
+    reward: Literal["sampled", "probe"] = "sampled"
+    """What the reward measures. "sampled": the evaluation classifier's verdict on samples of a
+    fixed probe of initial noises (forget rate F and damage D, see Rewards), what unlearning
+    is for; "probe": the rise of the denoising losses of the fixed image probe (the earlier reward,
+    which an agent can raise by damaging the model)."""
+    sample_forget: int = 32
+    """k_f: samples of the contaminated label in the sampled probe (F resolves to 1/k_f)."""
+    sample_retain: int = 8
+    """k_r: samples of every other label in the sampled probe (each A_c resolves to 1/k_r)."""
+    sample_ddim_steps: int = 10
+    """DDIM steps (η = 0) of the sampled probe."""
+    eval_every: int | None = None
+    """Steps between evaluations of the sampled probe; None: at the episode's last step only (a
+    terminal reward). The last step is always evaluated."""
+    probe_shaping: float = 0.0
+    """w: weight of the denoising-loss probe's terms (efficacy gain, degradation increment) added
+    as dense shaping to the sampled reward (0: none)."""
+    classifier: str | None = None
+    """The evaluation classifier directory of the sampled reward (None: the checkpoint's own
+    ``classifier/``, else the bundled one for the default scenario)."""
     probe_size: int = 4
-    """Images per half (retain, forget) of the fixed reward probe."""
+    """Images per half (retain, forget) of the fixed denoising-loss probe (the observation's probe
+    statistics, the "probe" reward and the shaping)."""
     alpha: float = 0.01
     """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
     beta: float = 1.0
@@ -80,6 +101,15 @@ class SISSEnvConfig:
             raise ValueError(f"obs_clip must be > 0, got {self.obs_clip}")
         if self.forget_subset is not None and self.forget_subset < 1:
             raise ValueError(f"forget_subset must be None or >= 1, got {self.forget_subset}")
+        if self.reward not in ("sampled", "probe"):
+            raise ValueError(f"reward must be 'sampled' or 'probe', got {self.reward!r}")
+        for name in ("sample_forget", "sample_retain", "sample_ddim_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be None or >= 1, got {self.eval_every}")
+        if self.probe_shaping < 0:
+            raise ValueError(f"probe_shaping must be >= 0, got {self.probe_shaping}")
 
 
 class SISSEnv(UnlearningEnv):
@@ -107,15 +137,35 @@ class SISSEnv(UnlearningEnv):
 
     ## Rewards
 
-    r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}), with e_t = log(p_f,t / p_f,0)
-    the efficacy (rise of the forget denoising loss on a fixed probe over its reset value),
-    d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe loss), d⁺ = max(0, d) and
-    e_0 = d⁺_0 = 0. The probe (images, t, ε) is drawn once per reset and evaluated without
-    gradients after each update. The return of an episode is therefore
-    e_T − β·d⁺_T − α·Σ_t ‖λ_t − λ_{t−1}‖₁: the final forgetting minus the final damage minus
-    the λ variation. (``degradation_penalty="level"`` charges −β·d⁺_t at every step instead.)
-    e_t and d_t are clipped to ±``obs_clip``. A divergent step (non-finite loss or weights) gets
-    −``divergence_penalty``.
+    ``reward="sampled"`` (default): what the unlearned model draws. At reset the env fixes a probe
+    of initial noises (seeded from the env's RNG): k_f = ``sample_forget`` samples of the
+    contaminated label and k_r = ``sample_retain`` of every other label, DDIM with
+    ``sample_ddim_steps`` steps and η = 0, so a measurement is a function of the weights alone.
+    The evaluation classifier gives the forget rate F (share of contaminated-label samples it
+    calls the contaminant) and each label's accuracy A_c; the damage is
+    D = ½·(max_c δ_c + mean_c δ_c) over every label, δ_c = K_c⁰ − K_c (⁰: at reset) with K_c = A_c
+    and, for the contaminated label, K = A + F (its samples still recognised as its digit or the
+    contaminant). At the steps that evaluate the probe (the last step of the episode, and every
+    ``eval_every`` steps where set)
+
+    r_t = −(F_t − F_{t'}) − β·(D⁺_t − D⁺_{t'}),  D⁺ = max(0, D), t' the previous evaluation (F⁰, D⁺ = 0 at reset),
+
+    and at every step −α·‖λ_t − λ_{t−1}‖₁ (+ ``probe_shaping``·w of the denoising-loss terms
+    below as dense shaping). The return is (F⁰ − F_T) − β·D⁺_T − α·Σ_t ‖λ_t − λ_{t−1}‖₁: the share
+    of the contaminant removed, minus the damage left, minus the λ variation; in [−1 − β −
+    α·T·k, 1]. Damaging the model does not pay: it lowers the K_c, and a contaminated label broken
+    into samples that nobody recognises lowers F and K alike (δ_{y_c} = the fall of F).
+
+    ``reward="probe"``: r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}), with
+    e_t = log(p_f,t / p_f,0) the efficacy (rise of the forget denoising loss on a fixed image
+    probe over its reset value), d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe
+    loss), d⁺ = max(0, d) and e_0 = d⁺_0 = 0. The probe (images, t, ε) is drawn once per reset and
+    evaluated without gradients after each update; the return is e_T − β·d⁺_T −
+    α·Σ_t ‖λ_t − λ_{t−1}‖₁. (``degradation_penalty="level"`` charges −β·d⁺_t at every step
+    instead.) e_t and d_t are clipped to ±``obs_clip``. A λ near 1 raises e_T by damaging the
+    model: an agent trained on this reward learns that (docs/results.md §4).
+
+    A divergent step (non-finite loss or weights) gets −``divergence_penalty``.
 
     ## Starting State
 
@@ -135,7 +185,8 @@ class SISSEnv(UnlearningEnv):
     ## Version History
 
     - v0: initial version (before the first release the degradation term became an increment,
-      so that returns measure the final outcome; ``degradation_penalty="level"`` keeps the old form).
+      so that returns measure the final outcome, ``degradation_penalty="level"`` keeps the old form;
+      and the default reward became the sampled one, ``reward="probe"`` keeps the old one).
     """
 
     config_class = SISSEnvConfig
@@ -176,6 +227,38 @@ class SISSEnv(UnlearningEnv):
             num_runs=num_runs,
             executor=executor,
         )
+
+    def _make_outcome_probe(self):
+        """The sampled reward's :class:`~unlearn_gym.metrics.forget.OutcomeProbe` (None under ``reward="probe"``).
+
+        Raises:
+            FileNotFoundError: no evaluation classifier for the checkpoint (the message says what to pass).
+        """
+        cfg = self.config
+        if cfg.reward != "sampled":
+            return None
+        from ..metrics.classifier import classifier_dir_for, load_classifier
+        from ..metrics.forget import OutcomeProbe
+
+        try:
+            directory = classifier_dir_for(self.checkpoint, self.model_config, cfg.classifier)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f'{e}; reward="sampled" needs it (pass classifier=DIR, or reward="probe")') from None
+        scenario = self.scenario
+        return OutcomeProbe(
+            load_classifier(directory, self.device),
+            num_labels=scenario.num_labels,
+            contaminated_label=scenario.contaminated_label,
+            contaminant_class=scenario.contaminant_class,
+            forget_samples=cfg.sample_forget,
+            retain_samples=cfg.sample_retain,
+            ddim_steps=cfg.sample_ddim_steps,
+            scheduler_config=self.model_config.get("scheduler"),
+        )
+
+    @property
+    def outcome_eval_every(self) -> int | None:
+        return self.config.eval_every
 
     def _action_dim(self) -> int:
         return 2 if self.config.action_mode == "both" else 1

@@ -123,16 +123,17 @@ class UnlearningVectorEnv(VectorEnv):
         """Restore, reseed and evaluate ``runs`` (one engine call each); ``instances`` has one entry per run."""
         for i in runs:
             self.env.select_instance(self._episodes[i], instances[i], run=i)
-        engine_seeds = []
-        for i in runs:
+        engine_seeds, outcome_seeds = [], []
+        for i in runs:  # each run's stream in the single env's order: the engine's seed, then the sampled probe's
             if self._rngs[i] is None:
                 self._rngs[i], _ = seeding.np_random(None)
             engine_seeds.append(int(self._rngs[i].integers(2**63 - 1)))
+            outcome_seeds.append(self.env.draw_outcome_seed(self._rngs[i]))
         self.engine.restore(runs)
         self.engine.seed(engine_seeds, runs)
         refs = self.engine.evaluate(**self.env.reference_kwargs, runs=runs)
         for j, i in enumerate(runs):
-            obs, info = self.env.begin_episode(self._episodes[i], refs[j])
+            obs, info = self.env.begin_episode(self._episodes[i], refs[j], outcome_seeds[j], run=i)
             self._obs[i] = obs
             infos = self._add_info(infos, info, i)
         return infos
@@ -217,7 +218,7 @@ class UnlearningVectorEnv(VectorEnv):
         ended = []
         for i, (ep, d) in enumerate(zip(self._episodes, decoded)):
             obs, rewards[i], terminations[i], truncations[i], info = self.env.advance_episode(
-                ep, d, stats[i], limit=self.max_episode_steps
+                ep, d, stats[i], limit=self.max_episode_steps, run=i
             )
             self._obs[i] = obs
             if terminations[i] or truncations[i]:

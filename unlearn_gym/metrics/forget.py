@@ -13,13 +13,22 @@ scenario's classifier:
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..models.sampling import sample_per_label
 
-__all__ = ["SampleEvaluation", "evaluate_model", "forget_figures", "erasure_figures"]
+__all__ = [
+    "SampleEvaluation",
+    "SampledOutcome",
+    "OutcomeProbe",
+    "evaluate_model",
+    "forget_figures",
+    "erasure_figures",
+]
 
 
 @dataclass(frozen=True)
@@ -157,3 +166,128 @@ def evaluate_model(
         "seconds": {"sampling": round(t1 - t0, 3), "classify": round(t2 - t1, 3), "total": round(t2 - t0, 3)},
     }
     return SampleEvaluation(figures, images, labels, predictions)
+
+
+@dataclass(frozen=True)
+class SampledOutcome:
+    """What the classifier says of one model's samples from a fixed probe of initial noises."""
+
+    forget_rate: float
+    """F: share of the contaminated label's samples classified as the contaminant."""
+    per_label_accuracy: np.ndarray
+    """(L,) A_c: share of label c's samples classified as c (every label, the contaminated one too)."""
+    contaminated_label: int
+    """y_c."""
+
+    @property
+    def retain_accuracy(self) -> float:
+        """Mean of A_c over the retain labels (every label but y_c)."""
+        return float(np.delete(self.per_label_accuracy, self.contaminated_label).mean())
+
+    @property
+    def intact(self) -> np.ndarray:
+        """(L,) K_c: share of label c's samples that the classifier recognises: A_c, and for y_c
+        A_{y_c} + F (its digit or the contaminant: removing the contaminant is F's business)."""
+        k = self.per_label_accuracy.copy()
+        k[self.contaminated_label] += self.forget_rate
+        return k
+
+    def damage(self, reference: SampledOutcome) -> float:
+        """D = ½·(max_c δ_c + mean_c δ_c), δ_c = K_c(reference) − K_c(self) over every label c: the
+        damage against ``reference`` (the model at reset), worst label and mean alike. Unlearning
+        that turns the contaminated label's trousers into ones leaves δ_{y_c} = 0; breaking the
+        label (samples nobody recognises) raises it. Negative when every label improved."""
+        drop = reference.intact - self.intact
+        return 0.5 * (float(drop.max()) + float(drop.mean()))
+
+
+class OutcomeProbe:
+    """The sampled reward's eye: the classifier's verdict on samples of fixed initial noises.
+
+    One probe is one seed: the initial noises x_T of ``forget_samples`` (k_f) samples of the
+    contaminated label y_c and ``retain_samples`` (k_r) of every other label are drawn from a
+    generator seeded with it, and DDIM with η = 0 is deterministic given x_T, so
+    :meth:`measure` is a function of the weights θ alone: re-measuring the same θ gives the same
+    outcome, and a change of outcome between two measurements is a change of the model, not of
+    the noise. The forget rate resolves to 1/k_f, each label's accuracy to 1/k_r.
+
+    Args:
+        classifier: the scenario's evaluation classifier (``predict(images) -> classes``).
+        num_labels: L, the DDPM's conditioning labels.
+        contaminated_label: y_c.
+        contaminant_class: the classifier class of the contaminant.
+        forget_samples: k_f >= 1.
+        retain_samples: k_r >= 1.
+        ddim_steps: DDIM steps of each sample.
+        scheduler_config: the model's DDPM schedule.
+        sampler: a model config's ``"sampler"`` entry (None: DDIM).
+        cache_size: pretrained outcomes kept by :meth:`measure_reference` (reset is always the same θ⁰).
+    """
+
+    def __init__(
+        self,
+        classifier: torch.nn.Module,
+        *,
+        num_labels: int,
+        contaminated_label: int,
+        contaminant_class: int,
+        forget_samples: int = 32,
+        retain_samples: int = 8,
+        ddim_steps: int = 10,
+        scheduler_config: dict | None = None,
+        sampler: dict | None = None,
+        cache_size: int = 256,
+    ):
+        for name, value in (("forget_samples", forget_samples), ("retain_samples", retain_samples)):
+            if value < 1:
+                raise ValueError(f"OutcomeProbe: {name} must be >= 1, got {value}")
+        if ddim_steps < 1:
+            raise ValueError(f"OutcomeProbe: ddim_steps must be >= 1, got {ddim_steps}")
+        self.classifier = classifier
+        self.contaminated_label = int(contaminated_label)
+        self.contaminant_class = int(contaminant_class)
+        counts = [int(retain_samples)] * int(num_labels)
+        counts[self.contaminated_label] = int(forget_samples)
+        self.counts = tuple(counts)
+        self.ddim_steps = int(ddim_steps)
+        self.scheduler_config = scheduler_config
+        self.sampler = sampler
+        self._cache: OrderedDict[int, SampledOutcome] = OrderedDict()
+        self._cache_size = int(cache_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per measurement: k_f + (L − 1)·k_r."""
+        return sum(self.counts)
+
+    def measure(self, unet: torch.nn.Module, seed: int) -> SampledOutcome:
+        """Sample the probe ``seed`` from ``unet`` (DDIM, η = 0) and classify the samples."""
+        images, labels = sample_per_label(
+            unet,
+            len(self.counts),
+            list(self.counts),
+            seed=int(seed),
+            num_inference_steps=self.ddim_steps,
+            scheduler_config=self.scheduler_config,
+            sampler=self.sampler,
+            batch_size=self.num_samples,
+        )
+        predictions = self.classifier.to(images.device).predict(images).cpu()
+        labels = labels.cpu()
+        is_c = labels == self.contaminated_label
+        forget_rate = float((predictions[is_c] == self.contaminant_class).double().mean())
+        accuracy = np.array([float((predictions[labels == c] == c).double().mean()) for c in range(len(self.counts))])
+        return SampledOutcome(forget_rate, accuracy, self.contaminated_label)
+
+    def measure_reference(self, unet: torch.nn.Module, seed: int) -> SampledOutcome:
+        """:meth:`measure` of the model at reset, remembered per seed (the weights at reset are
+        always the pretrained θ⁰, so probe ``seed``'s outcome there never changes)."""
+        seed = int(seed)
+        if seed in self._cache:
+            self._cache.move_to_end(seed)
+            return self._cache[seed]
+        outcome = self.measure(unet, seed)
+        self._cache[seed] = outcome
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return outcome
