@@ -10,6 +10,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+SMALL_SAMPLED_PROBE = dict(sample_forget=4, sample_retain=1, sample_ddim_steps=2)
+"""The sampled reward's probe at test scale (4 + 9 samples, 2 DDIM steps): keywords of SISS-v0/Hybrid-v0."""
+
 
 @pytest.fixture(autouse=True)
 def _few_threads():

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.agents import MCPG, load_agent, load_hyperparams, train_agent
 from unlearn_gym.models.checkpoint import CheckpointError
@@ -18,7 +19,9 @@ TINY_OVERRIDES = {
 
 @pytest.fixture
 def env_kwargs(tiny_checkpoint):
-    return dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=8, device="cpu")
+    return dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=8, device="cpu", **SMALL_SAMPLED_PROBE
+    )
 
 
 def _scalar_tags(tb_dir):
@@ -260,7 +263,9 @@ def test_logs_name_every_statistic_of_the_env(env_id, tiny_checkpoint):
     from unlearn_gym.sfd_engine import SFDStepStats
 
     stats_class = StepStats if env_id.endswith("SISS-v0") else SFDStepStats
-    kw = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")
+    kw = dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu", **SMALL_SAMPLED_PROBE
+    )
     venv = DummyVecEnv([lambda: gym.make(env_id, **kw)])
     venv.reset()
     fields = tuple(f.name for f in dataclasses.fields(stats_class))

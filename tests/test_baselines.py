@@ -4,12 +4,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 
 import unlearn_gym  # noqa: F401
 from unlearn_gym.baselines import CosineSchedule, LinearSchedule, RandomLambda, StaticLambda, VIAdaptive, VIVariance
 from unlearn_gym.baselines.vi_variance import VARIANCE_GRADIENT_KEYS
 
-KW = dict(batch_size=4, probe_size=2, device="cpu")
+KW = dict(batch_size=4, probe_size=2, device="cpu", **SMALL_SAMPLED_PROBE)
 
 
 def _obs(progress):

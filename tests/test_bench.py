@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.bench import (
     FIDELITY_METRICS,
@@ -14,6 +15,7 @@ from unlearn_gym.bench import (
     make_kwargs,
     paired_difference,
     policy_from_spec,
+    return_agreement,
     run_benchmark,
     verdict,
     worst_class_drop,
@@ -77,6 +79,35 @@ def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_me
     assert compare_with_reference(episodes, ["static:0.5", "p"], None) == {}
 
 
+def test_return_agreement_checks_the_pairs_whose_outcomes_differ():
+    def ep(policy, seed, ret, fr, ra):
+        return {
+            "policy": policy,
+            "seed": seed,
+            "instance": None,
+            "return": ret,
+            "forget_rate": fr,
+            "retain_accuracy": ra,
+        }
+
+    episodes = []
+    for s in range(3):
+        jitter = 0.01 * (s - 1)
+        episodes += [
+            ep("static", s, 0.30 + jitter, 0.05 + jitter, 0.90),  # the good unlearner, high return
+            ep("hack", s, 0.50 + jitter, 0.30 - jitter, 0.70 + jitter),  # worse outcome, higher return
+            ep("twin", s, 0.28 - jitter, 0.05 - jitter, 0.90 + jitter),  # the same outcome as static
+        ]
+    pairs = {(p["better"], p["worse"]): p for p in return_agreement(episodes, ["static", "hack", "twin"])}
+    # static and twin do not differ at 95%: no pair; each beats hack on both figures
+    assert set(pairs) == {("static", "hack"), ("twin", "hack")}
+    p = pairs[("static", "hack")]
+    assert p["forget_rate"]["diff"] == pytest.approx(-0.25) and p["retain_accuracy"]["diff"] == pytest.approx(0.20)
+    assert p["return"]["diff"] == pytest.approx(-0.20) and p["agrees"] is False  # the hacked return ranks it first
+    episodes = [dict(e, **{"return": -e["return"]}) if e["policy"] == "hack" else e for e in episodes]
+    assert all(p["agrees"] for p in return_agreement(episodes, ["static", "hack", "twin"]))
+
+
 def test_worst_class_drop_skips_the_contaminated_label():
     pretrained = {"per_label": {"0": {"accuracy": 1.0}, "1": {"accuracy": 0.4}, "2": {"accuracy": 0.9}}}
     rows = [
@@ -107,7 +138,9 @@ def test_policy_specs():
 
 
 def _config(tiny_checkpoint, **kw):
-    env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu")
+    env_kwargs = dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu", **SMALL_SAMPLED_PROBE
+    )
     return BenchConfig(
         env_kwargs=env_kwargs, seeds=(0, 1), samples_per_label=2, contaminated_label_samples=3, ddim_steps=2, **kw
     )
@@ -145,7 +178,16 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
-    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--seeds", "2"]
+    argv += [
+        "--env-kwargs",
+        '{"probe_size": 1, "sample_forget": 4, "sample_retain": 1, "sample_ddim_steps": 2}',
+        "--batch-size",
+        "2",
+        "--horizon",
+        "2",
+        "--seeds",
+        "2",
+    ]
     argv += ["--samples", "2", "--contaminated-samples", "4", "--ddim-steps", "2", "--device", "cpu"]
     argv += ["--out", str(tmp_path), "--json", "--no-progress", "--metrics", "full", "--bootstrap-reps", "100"]
     argv += ["--threads", "1", "--workers", "1", "--num-envs", "2", "--executor", "loop"]  # seeds as batched runs
@@ -304,7 +346,16 @@ def test_bench_killed_mid_run_resumes_to_the_uninterrupted_report(tiny_checkpoin
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5,random,vi-adaptive", "--checkpoint", str(tiny_checkpoint)]
-    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "3", "--seeds", "3"]
+    argv += [
+        "--env-kwargs",
+        '{"probe_size": 1, "sample_forget": 4, "sample_retain": 1, "sample_ddim_steps": 2}',
+        "--batch-size",
+        "2",
+        "--horizon",
+        "3",
+        "--seeds",
+        "3",
+    ]
     argv += ["--samples", "2", "--contaminated-samples", "3", "--ddim-steps", "2", "--device", "cpu"]
     argv += ["--threads", "1", "--no-progress", "--json", "--bootstrap-reps", "200"]
     killed = tmp_path / "killed"
@@ -444,3 +495,38 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
         dataclasses.replace(config, num_envs=0)
     with pytest.raises(ValueError, match="executor must be 'auto', 'vmap' or 'loop', got 'gpu'"):
         dataclasses.replace(config, executor="gpu")
+
+
+def test_the_retrained_reference_row_and_the_distance_column(tiny_checkpoint, one_thread):
+    """With the pretrained model itself as the "retrained" reference, its row equals the pretrained
+    row and the pretrained model's retain FID/KID to it is 0 (the same weights, the same noises)."""
+    config = _config(tiny_checkpoint, retrained=str(tiny_checkpoint), seeds=(0, 1, 2))
+    result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
+    pre, ret = result["pretrained"], result["retrained"]
+    assert ret["forget_rate"] == pre["forget_rate"] and ret["per_label"] == pre["per_label"]
+    assert pre["retain_fid_retrained"] == pytest.approx(0.0, abs=1e-6)
+    assert ret["retain_kid_retrained"] == pytest.approx(0.0, abs=1e-6)
+    for e in result["episodes"]:
+        assert e["retain_fid_retrained"] > 0.0 and np.isfinite(e["retain_kid_retrained"])
+    row = result["summary"]["static:0.5"]["retain_fid_retrained"]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(
+        np.mean([e["retain_fid_retrained"] for e in result["episodes"]])
+    )
+    from unlearn_gym.bench import to_markdown
+
+    text = to_markdown(result)
+    assert "| retrained without the forget set | – | – |" in text and "retain FID to retrained ↓" in text
+    with pytest.raises(FileNotFoundError, match="retrained: /nowhere is not a model directory"):
+        run_benchmark(
+            {"static:0.5": policy_from_spec("static:0.5")},
+            _config(tiny_checkpoint, retrained="/nowhere"),
+            progress=False,
+            log=None,
+        )
+    # "bundled" names the bundled model's reference only: none for another checkpoint
+    assert (
+        run_benchmark(
+            {"static:0.5": policy_from_spec("static:0.5")}, _config(tiny_checkpoint), progress=False, log=None
+        )["retrained"]
+        is None
+    )

@@ -2,6 +2,8 @@ import math
 import runpy
 from pathlib import Path
 
+from conftest import SMALL_SAMPLED_PROBE
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -38,7 +40,9 @@ def test_custom_policy_example_benchmarks_against_the_baselines(tiny_checkpoint,
 def test_evaluate_agent_example(tiny_checkpoint, tmp_path, capsys):
     from unlearn_gym.agents import train_agent
 
-    env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")
+    env_kwargs = dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu", **SMALL_SAMPLED_PROBE
+    )
     train_agent("mcpg", total_timesteps=4, out=tmp_path, env_kwargs=env_kwargs, progress_bar=False, sample_every=0)
     module = runpy.run_path(str(EXAMPLES / "evaluate_agent.py"))
     result = module["main"](

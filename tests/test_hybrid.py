@@ -4,13 +4,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 
 import unlearn_gym  # noqa: F401
 from unlearn_gym.models.unet import make_unet, noise_schedule
 from unlearn_gym.objectives.hybrid import HybridConfig, hybrid_objective
 from unlearn_gym.objectives.siss import SISSConfig, draw_batch, siss_objective
 
-KW = dict(batch_size=2, probe_size=1, device="cpu")
+KW = dict(batch_size=2, probe_size=1, device="cpu", **SMALL_SAMPLED_PROBE)
 
 
 def _setup():

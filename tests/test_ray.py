@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.bench import EPISODE_LOG, BenchConfig, EpisodeRunner, policy_from_spec, run_benchmark
 from unlearn_gym.cli import main
@@ -24,7 +25,9 @@ def ray_cluster():
 
 
 def _config(tiny_checkpoint, **kw):
-    env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu")
+    env_kwargs = dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu", **SMALL_SAMPLED_PROBE
+    )
     return BenchConfig(
         env_kwargs=env_kwargs,
         seeds=(0,),
@@ -134,7 +137,7 @@ def test_ray_backend_runs_the_episodes_of_the_local_backend(ray_cluster, tiny_ch
 
 
 def test_sweep_trains_two_trials_with_tune_and_writes_one_table(ray_cluster, tiny_checkpoint, tmp_path, capsys):
-    env_kwargs = {"batch_size": 2, "probe_size": 1, "horizon": 2, "device": "cpu"}
+    env_kwargs = {"batch_size": 2, "probe_size": 1, "horizon": 2, "device": "cpu", **SMALL_SAMPLED_PROBE}
     argv = ["sweep", "--algos", "mcpg", "--seeds", "0", "--set", "learning_rate=1e-3,3e-4"]
     argv += ["--set", "episodes_per_update=1", "--timesteps", "2", "--eval-episodes", "2"]
     argv += ["--checkpoint", str(tiny_checkpoint), "--env-kwargs", json.dumps(env_kwargs)]

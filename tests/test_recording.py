@@ -6,13 +6,16 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.bench import EPISODE_LOG, BenchConfig, policy_from_spec, run_benchmark
 from unlearn_gym.recording import EpisodeSteps, StepRecorder, dataset_id
 
 
 def _config(tiny_checkpoint, **kw):
-    env_kwargs = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu")
+    env_kwargs = dict(
+        checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=3, device="cpu", **SMALL_SAMPLED_PROBE
+    )
     return BenchConfig(env_kwargs=env_kwargs, seeds=(0, 1), samples_per_label=0, bootstrap_reps=50, **kw)
 
 
@@ -135,7 +138,16 @@ def test_bench_record_command_and_without_minari(tiny_checkpoint, tmp_path, caps
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5", "--checkpoint", str(tiny_checkpoint), "--seeds", "1"]
-    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2", "--horizon", "2", "--samples", "1"]
+    argv += [
+        "--env-kwargs",
+        '{"probe_size": 1, "sample_forget": 4, "sample_retain": 1, "sample_ddim_steps": 2}',
+        "--batch-size",
+        "2",
+        "--horizon",
+        "2",
+        "--samples",
+        "1",
+    ]
     argv += ["--contaminated-samples", "1", "--ddim-steps", "1", "--device", "cpu", "--threads", "1"]
     argv += ["--workers", "1", "--no-progress", "--json", "--bootstrap-reps", "10", "--out", str(tmp_path / "out")]
     assert main([*argv, "--record", str(tmp_path / "rec")]) == 0

@@ -6,12 +6,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 
 import unlearn_gym  # noqa: F401  (registers the envs)
 from unlearn_gym.cli import main
 from unlearn_gym.envs.sb3 import SB3VecEnv
 
-KW = dict(batch_size=2, probe_size=1, device="cpu")
+KW = dict(batch_size=2, probe_size=1, device="cpu", **SMALL_SAMPLED_PROBE)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,10 +4,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 
 import unlearn_gym  # noqa: F401  (registers the envs)
 
-KW = dict(batch_size=4, probe_size=2, device="cpu")
+KW = dict(batch_size=4, probe_size=2, device="cpu", **SMALL_SAMPLED_PROBE)
 
 
 @pytest.fixture

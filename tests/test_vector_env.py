@@ -4,12 +4,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_SAMPLED_PROBE
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 import unlearn_gym  # noqa: F401  (registers the envs)
 from unlearn_gym.envs.vector import UnlearningVectorEnv
 
-KW = dict(batch_size=2, probe_size=1, device="cpu", horizon=6)
+KW = dict(batch_size=2, probe_size=1, device="cpu", horizon=6, **SMALL_SAMPLED_PROBE)
 # float32 on the CPU: "loop" reproduces the single env bit for bit; "vmap" runs batched kernels, so
 # observations and rewards agree to rtol 1e-3 / atol 1e-4 and weights to atol 2·lr per update.
 VMAP_TOL = dict(rtol=1e-3, atol=1e-4)

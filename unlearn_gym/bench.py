@@ -59,6 +59,7 @@ __all__ = [
     "policy_from_spec",
     "policy_name",
     "read_episode_log",
+    "return_agreement",
     "run_benchmark",
     "write_report",
     "SUMMARY_METRICS",
@@ -99,6 +100,8 @@ SUMMARY_METRICS = (
     "contaminated_label_accuracy",
     "unlearning_accuracy",
     "remaining_accuracy",
+    "retain_fid_retrained",
+    "retain_kid_retrained",
     "efficacy",
     "degradation",
 )
@@ -145,6 +148,12 @@ class BenchConfig:
     """Passed to every ``predict`` (SB3's ``evaluate_policy`` default)."""
     classifier: str | None = None
     """The evaluation classifier's directory (default: the checkpoint's, or the bundled one)."""
+    retrained: str | None = "bundled"
+    """The model retrained without the forget set (the exact-unlearning reference): a model
+    directory, or "bundled" (the bundled one, where the env runs the bundled default model; no
+    reference otherwise); None: none. It is evaluated like every unlearned model (a reference row),
+    and each unlearned model's retain samples are compared with its samples of the same initial
+    noise (``retain_fid_retrained``, ``retain_kid_retrained``: FID and KID on the classifier's features)."""
     grid_columns: int = 8
     """Samples per label in the before/after grids."""
     workers: int = 1
@@ -302,6 +311,24 @@ def run_benchmark(
             f"{ev.figures['retain_accuracy']:.3f} ({time.perf_counter() - t0:.1f} s)"
         )
 
+    retrained = None
+    if evaluate is not None and (retrained_dir := runner.retrained_dir()) is not None:
+        from .models.checkpoint import load_model
+
+        t0 = time.perf_counter()
+        ev = evaluate(load_model(retrained_dir, base.device)[0])
+        retrained = {**ev.figures, "checkpoint": str(retrained_dir)}
+        runner.set_distance_reference(ev)
+        retrained |= runner.distance_to_retrained(ev)
+        pretrained |= runner.distance_to_retrained(
+            SimpleNamespace(images=samples["pretrained"][0], labels=samples["pretrained"][1])
+        )
+        samples["retrained (no forget set)"] = (ev.images, ev.labels)
+        log(
+            f"retrained without the forget set: forget_rate {ev.figures['forget_rate']:.3f}, retain_accuracy "
+            f"{ev.figures['retain_accuracy']:.3f} ({time.perf_counter() - t0:.1f} s)"
+        )
+
     robust, pretrained_robustness = None, None
     if config.robustness:
         robust, pretrained_robustness = _robustness_runner(base, config, log)
@@ -333,6 +360,8 @@ def run_benchmark(
         """Keep one episode's outcome (record, evaluation, steps; in this process, as it arrives) and log it."""
         episode, ev, steps = outcome
         name, arrays = episode["policy"], {}
+        if ev is not None and retrained is not None:
+            episode |= runner.distance_to_retrained(ev)
         if ev is not None:
             if index == first_run[name]:
                 grids[name] = arrays["grid"] = _grid_images(ev, runner.num_labels, config)
@@ -398,6 +427,7 @@ def run_benchmark(
     verdicts = compare_with_reference(episodes, list(policies), config.reference)
     for name, verdict in verdicts.items():
         summary[name]["vs_reference"] = verdict
+    agreement = return_agreement(episodes, list(policies)) if evaluate is not None else []
     for name, stats in aggregate_statistics(episodes, list(policies), config).items():
         summary[name] |= stats
 
@@ -409,7 +439,9 @@ def run_benchmark(
             "sampler": getattr(base, "sampler", None) or {"kind": "ddim"},
         },
         "pretrained": pretrained,
+        "retrained": retrained,
         "summary": summary,
+        "return_agreement": agreement,
         "episodes": episodes,
         "warnings": warnings,
         "_grids": grids,
@@ -511,6 +543,8 @@ class EpisodeRunner:
         self.base = base = self.env.unwrapped
         self.evaluate: Callable[[], Any] | None = None
         self.classifier = None
+        self._retrained_features = None
+        """The classifier's features of the retrained model's retain samples (:meth:`set_distance_reference`)."""
         scenario = getattr(base, "scenario", None)  # SFD-v0 is data-free: no scenario
         self.num_labels = getattr(scenario, "num_labels", None)
         self.contaminated_label = getattr(scenario, "contaminated_label", None)
@@ -537,6 +571,44 @@ class EpisodeRunner:
                 sampler=getattr(base, "sampler", None),  # SFD-v0: its one-step generator
             )
             self.evaluate = self._evaluate
+
+    def retrained_dir(self) -> Path | None:
+        """The retrained-without-the-forget-set model of ``config.retrained`` (None: no reference)."""
+        from .assets import bundled_model_dir, bundled_retrained_dir
+
+        choice = self.config.retrained
+        if choice is None:
+            return None
+        if choice == "bundled":
+            checkpoint = self.base.config.checkpoint
+            same = checkpoint is None or Path(checkpoint).resolve() == bundled_model_dir().resolve()
+            return bundled_retrained_dir() if same and bundled_retrained_dir().is_dir() else None
+        if not Path(choice).is_dir():
+            raise FileNotFoundError(f"retrained: {choice} is not a model directory (config.json + model.safetensors)")
+        return Path(choice)
+
+    def _retain_features(self, ev):
+        """The classifier's (n, 128) features of ``ev``'s samples of the retain labels (every label but y_c)."""
+        from .metrics.fidelity import extract_features
+
+        keep = ev.labels.cpu() != self.contaminated_label
+        return extract_features(ev.images.cpu()[keep], self.classifier)
+
+    def set_distance_reference(self, ev) -> None:
+        """Keep the retrained model's evaluation ``ev`` as the reference of :meth:`distance_to_retrained`."""
+        self._retrained_features = self._retain_features(ev)
+
+    def distance_to_retrained(self, ev) -> dict[str, float]:
+        """``retain_fid_retrained`` and ``retain_kid_retrained``: FID and KID (mean over 100 subsets) between
+        ``ev``'s retain-label samples and the retrained model's (same initial noises), on the classifier's features."""
+        from .metrics.fidelity import fid_from_features, kid_from_features
+
+        ref, mine = self._retrained_features, self._retain_features(ev)
+        size = min(100, len(ref), len(mine))
+        return {
+            "retain_fid_retrained": max(0.0, fid_from_features(ref, mine)),  # no rounding below 0
+            "retain_kid_retrained": kid_from_features(ref, mine, subset_size=size, seed=self.config.eval_seed)[0],
+        }
 
     def _evaluate(self, model=None):
         """Evaluate ``model`` (default: the single env's unlearned model) by sampling."""
@@ -1141,6 +1213,47 @@ def compare_with_reference(
     return out
 
 
+def return_agreement(episodes: list[dict], names: list[str]) -> list[dict]:
+    """Whether the return ranks the policies as their sampled outcomes do, pair by pair.
+
+    For each pair (a, b) of policies, paired over the (seed, instance) episodes both ran: a's
+    outcome is better than b's at 95% when its forget rate is lower (the paired interval excludes
+    0) and its retain accuracy is not worse, or its retain accuracy is higher and its forget rate
+    not worse. For each such pair: ``agrees`` = a's mean return is higher than b's.
+
+    Returns:
+        One ``{"better", "worse", "forget_rate", "retain_accuracy", "return", "agrees"}`` per pair
+        whose outcomes differ (the three paired differences better − worse as {diff, ci95}).
+    """
+    key = lambda e: (e["seed"], e["instance"])  # noqa: E731
+    by_name = {n: {key(e): e for e in episodes if e["policy"] == n} for n in names}
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = [k for k in by_name[a] if k in by_name[b]]
+            cells = {}
+            for metric in ("forget_rate", "retain_accuracy", "return"):
+                pairs = [(by_name[a][k].get(metric), by_name[b][k].get(metric)) for k in common]
+                pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+                if len(pairs) < 2:
+                    break
+                diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
+                cells[metric] = {"diff": diff, "ci95": half}
+            if len(cells) < 3:
+                continue
+            f = verdict(cells["forget_rate"]["diff"], cells["forget_rate"]["ci95"], False)
+            r = verdict(cells["retain_accuracy"]["diff"], cells["retain_accuracy"]["ci95"], True)
+            if (f == "better" and r != "worse") or (r == "better" and f != "worse"):
+                better, worse, sign = a, b, 1.0
+            elif (f == "worse" and r != "better") or (r == "worse" and f != "better"):
+                better, worse, sign = b, a, -1.0
+            else:
+                continue
+            flipped = {m: {"diff": sign * c["diff"], "ci95": c["ci95"]} for m, c in cells.items()}
+            out.append({"better": better, "worse": worse, **flipped, "agrees": flipped["return"]["diff"] > 0})
+    return out
+
+
 def aggregate_statistics(episodes: list[dict], names: list[str], config: BenchConfig) -> dict[str, dict]:
     """rliable's aggregates per policy, for each metric of :data:`VERDICT_METRICS` the episodes have.
 
@@ -1235,13 +1348,16 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     columns = [("forget_rate ↓", "forget_rate"), ("retain_accuracy ↑", "retain_accuracy")]
     if any("unlearning_accuracy" in row for row in result["summary"].values()):
         columns += [("unlearning_accuracy ↑", "unlearning_accuracy"), ("remaining_accuracy ↑", "remaining_accuracy")]
+    if result.get("retrained"):
+        columns += [("retain FID to retrained ↓", "retain_fid_retrained")]
     names = " | ".join(c for c, _ in columns)
     lines += [f"| policy | n | return | {names} | efficacy | degradation | diverged |"]
     lines += ["|---|---|---|" + "---|" * len(columns) + "---|---|---|"]
-    pre = result.get("pretrained")
-    if pre:
-        cells = " | ".join(f"{pre[k]:.3f}" if k in pre else "–" for _, k in columns)
-        lines.append(f"| pretrained (no unlearning) | – | – | {cells} | – | – | – |")
+    for label, key in (("pretrained (no unlearning)", "pretrained"), ("retrained without the forget set", "retrained")):
+        ref = result.get(key)
+        if ref:
+            cells = " | ".join(f"{ref[k]:.3f}" if k in ref else "–" for _, k in columns)
+            lines.append(f"| {label} | – | – | {cells} | – | – | – |")
     for name, row in result["summary"].items():
         cells = " | ".join(_fmt(row.get(k)) for _, k in columns)
         lines.append(
@@ -1262,6 +1378,22 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         for n, v in verdicts.items():
             parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
             lines.append(f"- {n}: " + "; ".join(parts))
+    agreement = result.get("return_agreement")
+    if agreement is not None and len(result["summary"]) > 1:
+        agree = sum(p["agrees"] for p in agreement)
+        lines += [
+            "",
+            f"Return against outcome: {len(agreement)} pair(s) of policies differ in sampled outcome at 95% "
+            "(forget rate lower and retain accuracy not worse, or retain accuracy higher and forget rate not "
+            f"worse; paired over equal seeds); the return ranks {agree} of them the same way.",
+        ]
+        lines += [""] * bool(agreement) + [
+            f"- {p['better']} over {p['worse']}: forget_rate {p['forget_rate']['diff']:+.3f} ± "
+            f"{p['forget_rate']['ci95']:.3f}, retain_accuracy {p['retain_accuracy']['diff']:+.3f} ± "
+            f"{p['retain_accuracy']['ci95']:.3f}, return {p['return']['diff']:+.3f} ± {p['return']['ci95']:.3f}"
+            + ("" if p["agrees"] else " — the return ranks them the other way")
+            for p in agreement
+        ]
     if any(row.get("iqm") for row in result["summary"].values()):
         lines += ["", _aggregates_markdown(result)]
     for w in result.get("warnings", []):
@@ -1414,20 +1546,23 @@ def json_summary(result: dict) -> dict:
     {mean, ci95, n}, with ``vs_reference`` (metric → verdict), ``worst_class``, ``iqm`` and
     ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
     per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
-    ``metrics="full"``, the robustness figures with ``robustness``; and ``pretrained`` →
-    {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset."""
+    ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
+    {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset, and ``retrained``
+    likewise for the model retrained without the forget set (with ``retain_fid_retrained``,
+    ``retain_kid_retrained``, as every policy has them, when it is the reference)."""
     out = {}
-    pre = result.get("pretrained")
-    if pre:
-        out["pretrained"] = {
-            "forget_rate": _finite(pre["forget_rate"]),
-            "retain_accuracy": _finite(pre["retain_accuracy"]),
-            "per_label_accuracy": {y: row["accuracy"] for y, row in pre["per_label"].items()},
-        }
+    for key in ("pretrained", "retrained"):
+        ref = result.get(key)
+        if ref:
+            out[key] = {
+                "forget_rate": _finite(ref["forget_rate"]),
+                "retain_accuracy": _finite(ref["retain_accuracy"]),
+                "per_label_accuracy": {y: row["accuracy"] for y, row in ref["per_label"].items()},
+            } | {k: _finite(ref[k]) for k in ("retain_fid_retrained", "retain_kid_retrained") if k in ref}
     for name, row in result["summary"].items():
         out[name] = {
             k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
-            for k in ("return", "forget_rate", "retain_accuracy")
+            for k in ("return", "forget_rate", "retain_accuracy", "retain_fid_retrained", "retain_kid_retrained")
             if k in row
         }
         if row.get("vs_reference"):

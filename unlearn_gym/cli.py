@@ -610,6 +610,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             eval_seed=args.eval_seed,
             metrics=args.metrics,
             classifier=args.classifier,
+            retrained=None if args.retrained.lower() == "none" else args.retrained,
             reference=None if args.reference.lower() == "none" else args.reference,
             workers=_bench_workers(args.workers, env_kwargs["device"]),
             robustness=args.robustness,
@@ -949,6 +950,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
     p.add_argument("--classifier", default=None)
+    p.add_argument(
+        "--retrained",
+        default="bundled",
+        help="the model retrained without the forget set, a reference row and the distance column "
+        "(a model directory; 'bundled': the bundled one, with the bundled model; 'none')",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--out",

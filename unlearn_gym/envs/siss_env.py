@@ -243,7 +243,9 @@ class SISSEnv(UnlearningEnv):
         try:
             directory = classifier_dir_for(self.checkpoint, self.model_config, cfg.classifier)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f'{e}; reward="sampled" needs it (pass classifier=DIR, or reward="probe")') from None
+            raise FileNotFoundError(
+                f'{e}; reward="sampled" needs it (pass classifier=DIR, or reward="probe")'
+            ) from None
         scenario = self.scenario
         return OutcomeProbe(
             load_classifier(directory, self.device),
