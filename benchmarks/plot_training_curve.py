@@ -3,8 +3,10 @@
     python benchmarks/plot_training_curve.py runs/ppo/tb --out docs/figures/ppo_training_curve.png
 
 Left: the true episode return (``episode/return``, one point per episode) with a running mean;
-right: the mean λ of each logging interval (``unlearn/lam``) and the episode's efficacy and
-degradation (``episode/efficacy``, ``episode/degradation``).
+right: the mean λ of each logging interval (``unlearn/lam``) and the episode's outcome: under the
+sampled reward the probe's forget rate and retain accuracy of the unlearned model
+(``episode/sampled_forget_rate``, ``episode/sampled_retain_accuracy``), else the denoising-loss
+probe's efficacy and degradation (``episode/efficacy``, ``episode/degradation``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tags = ["episode/return", "episode/efficacy", "episode/degradation", "unlearn/lam"]
+    outcome = ["episode/sampled_forget_rate", "episode/sampled_retain_accuracy"]
+    tags = ["episode/return", "episode/efficacy", "episode/degradation", "unlearn/lam", *outcome]
     s = read_scalars(args.logdir, tags)
     steps, ret = s["episode/return"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -54,7 +57,8 @@ def main() -> None:
     axes[0].legend(fontsize=8)
     if "unlearn/lam" in s:
         axes[1].plot(*s["unlearn/lam"], label="mean λ per logging interval")
-    for tag in ("episode/efficacy", "episode/degradation"):
+    sampled = [t for t in outcome if t in s]
+    for tag in sampled or ("episode/efficacy", "episode/degradation"):
         if tag in s:
             axes[1].plot(*s[tag], ".", ms=3, alpha=0.4, label=tag.split("/")[1] + " (per episode)")
     axes[1].set(xlabel="env steps")
@@ -62,7 +66,13 @@ def main() -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}: {len(ret)} episodes, last {args.window} mean return {ret[-args.window :].mean():.4f}")
+    tail = {
+        t.split("/")[1]: round(float(s[t][1][-args.window :].mean()), 4) for t in sampled + ["unlearn/lam"] if t in s
+    }
+    print(
+        f"wrote {args.out}: {len(ret)} episodes, last {args.window} mean return {ret[-args.window :].mean():.4f}; "
+        f"last {args.window} logged values' means {tail}"
+    )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def _rollout(env, seed, steps=10):
 
 
 def test_same_seed_same_trajectory_different_seed_different(make):
-    env = make(horizon=10)
+    # the denoising-loss reward sees every step's change (the sampled one: tests/test_sampled_reward.py)
+    env = make(horizon=10, reward="probe")
     o1, r1, p1 = _rollout(env, seed=7)
-    o2, r2, p2 = _rollout(make(horizon=10), seed=7)  # a fresh env
+    o2, r2, p2 = _rollout(make(horizon=10, reward="probe"), seed=7)  # a fresh env
     o3, r3, p3 = _rollout(env, seed=7)  # the same env, restored by reset
     o4, r4, p4 = _rollout(env, seed=8)
     assert np.array_equal(o1, o2) and np.array_equal(r1, r2) and torch.equal(p1, p2)
@@ -61,7 +62,7 @@ def test_same_seed_same_trajectory_different_seed_different(make):
 
 
 def test_observation_reward_and_info(make):
-    env = make(horizon=2, alpha=0.5)
+    env = make(horizon=2, alpha=0.5, reward="probe")
     obs, info = env.reset(seed=0)
     assert obs.dtype == np.float32 and np.allclose(obs, [0, 0, 0, 0, 0.5, 0])
     obs, r, term, trunc, info = env.step(np.array([0.0], dtype=np.float32))
@@ -78,7 +79,7 @@ def test_observation_reward_and_info(make):
 
 def test_episode_return_is_final_efficacy_minus_final_damage_minus_variation(make):
     """With the "increment" degradation penalty the rewards telescope (DESIGN §7, as documented)."""
-    env = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3)
+    env = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3, reward="probe")
     env.reset(seed=3)
     lams = [0.5, 0.9, 0.1, 0.1, 0.7, 1.0]
     ret, variation, prev, levels = 0.0, 0.0, 0.5, 0.0
@@ -91,7 +92,7 @@ def test_episode_return_is_final_efficacy_minus_final_damage_minus_variation(mak
     expected = info["efficacy"] - 2.0 * max(0.0, info["degradation"]) - 0.1 * variation
     assert ret == pytest.approx(expected, abs=1e-9)
     # the "level" form charges every step's damage instead: same trajectory, different return
-    env_level = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3, degradation_penalty="level")
+    env_level = make(horizon=6, alpha=0.1, beta=2.0, lr=5e-3, degradation_penalty="level", reward="probe")
     env_level.reset(seed=3)
     ret_level = sum(env_level.step(np.array([2 * lam - 1], dtype=np.float32))[1] for lam in lams)
     assert ret_level == pytest.approx(info["efficacy"] - 2.0 * levels - 0.1 * variation, abs=1e-9)
