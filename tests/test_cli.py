@@ -223,7 +223,11 @@ def test_perf_num_envs_reports_batched_steps(capsys):
     assert [(r["num_envs"], r["executor"]) for r in res["runs"]] == [(1, "loop"), (2, "loop"), (1, "vmap"), (2, "vmap")]
     for r in res["runs"]:
         assert r["speedup_vs_sequential"] == pytest.approx(r["num_envs"] * res["single_ms"] / r["batched_ms"], rel=1e-2)
-    with pytest.raises(SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop'\], got \['gpu'\]"):
+    with pytest.raises(
+        SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop', 'graph'\], got \['gpu'\]"
+    ):
         main(argv + ["--num-envs", "2", "--executor", "gpu"])
     with pytest.raises(SystemExit, match="--num-envs: expected integers >= 1, got '0,2'"):
         main(argv + ["--num-envs", "0,2"])
+    with pytest.raises(SystemExit, match="--executor graph needs a CUDA device .*got --device 'cpu'; drop graph"):
+        main(argv + ["--num-envs", "1,4,16,64", "--executor", "loop,vmap,graph"])
