@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, astuple, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -46,18 +47,26 @@ class HostStats:
 
     @property
     def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.as_array())))
+        return all(math.isfinite(v) for v in self._values())
 
     def as_array(self) -> np.ndarray:
-        return np.array(astuple(self), dtype=np.float64)
+        return np.array(self._values(), dtype=np.float64)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return dict(zip(self.names(), self._values()))
+
+    def _values(self) -> list[float]:
+        # the fields' values (floats: no ``dataclasses.astuple``/``asdict``, which deep-copy each one)
+        return [getattr(self, name) for name in self.names()]
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The statistics' names: the dataclass's fields, in the order of the engine's stats tensor."""
-        return tuple(f.name for f in fields(cls))
+        names = cls.__dict__.get("_field_names")
+        if names is None:
+            names = tuple(f.name for f in fields(cls))
+            cls._field_names = names  # a class attribute (not a field), computed once per class
+        return names
 
 
 @dataclass(frozen=True)
