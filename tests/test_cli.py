@@ -109,10 +109,11 @@ def test_pretrain_then_evaluate_then_unlearn(tmp_path, capsys):
 def test_perf_reports_the_ratios(capsys):
     main(["perf", "--preset", "tiny", "--batch", "4", "--repeats", "2", "--device", "cpu", "--json"])
     res = _json_stdout(capsys)
-    for key in ("plain_ms", "siss_ms", "env_ms"):
+    for key in ("plain_ms", "siss_ms", "siss_probe_ms", "env_ms"):
         assert res[key] > 0
     assert res["siss_over_plain"] == pytest.approx(res["siss_ms"] / res["plain_ms"], rel=1e-2)
     assert res["env_over_siss"] == pytest.approx(res["env_ms"] / res["siss_ms"], rel=1e-2)
+    assert res["env_over_siss_probe"] == pytest.approx(res["env_ms"] / res["siss_probe_ms"], rel=1e-2)
 
 
 def test_user_errors_are_clear(tmp_path):
