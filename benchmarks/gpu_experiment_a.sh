@@ -8,12 +8,13 @@
 # Settings (environment variables, defaults for an H100/H200; CLASSIFIER_DIR: a classifier made with
 # `unlearn-gym train-classifier --scenario mnist-trousers --epochs 6 --seed 0`, else trained here):
 #   DEVICE=cuda PRESET=siss PRETRAIN_SECONDS=170 PRETRAIN_BATCH=128 BENCH_BATCH=64 BENCH_LR=1e-4
-#   HORIZON=100 SEEDS=5 POLICIES=static:0.5,vi-adaptive,random
+#   HORIZON=100 SEEDS=5 POLICIES=static:0.5,vi-adaptive,random PERF_NUM_ENVS=1,4,16,64
+#   PERF_EXECUTORS=loop,vmap,graph (graph: the batched update captured as one CUDA graph)
 # Each stage appends to $OUT/gpu.log; the reports land in $OUT/results/.
 set -uo pipefail
 : "${OUT:=runs/gpu}" "${DEVICE:=cuda}" "${PRESET:=siss}" "${PRETRAIN_SECONDS:=170}" "${PRETRAIN_BATCH:=128}"
 : "${BENCH_BATCH:=64}" "${BENCH_LR:=1e-4}" "${HORIZON:=100}" "${SEEDS:=5}" "${CLASSIFIER_EPOCHS:=6}"
-: "${POLICIES:=static:0.5,vi-adaptive,random}" "${PERF_NUM_ENVS:=1,4,16,64}"
+: "${POLICIES:=static:0.5,vi-adaptive,random}" "${PERF_NUM_ENVS:=1,4,16,64}" "${PERF_EXECUTORS:=loop,vmap,graph}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/results"
 LOG="$OUT/gpu.log"
@@ -32,13 +33,14 @@ stage "perf: env.step per preset (eager, batch $BENCH_BATCH)"
 for preset in ${PERF_PRESETS:-tiny small siss}; do
   "${UG[@]}" perf --device "$DEVICE" --preset "$preset" --batch "$BENCH_BATCH" --json 2>>"$LOG" | tee -a "$OUT/results/perf.jsonl"
 done
-if "${UG[@]}" perf --help 2>/dev/null | grep -q -- "--num-envs"; then
-  stage "perf: N batched runs (loop and vmap executors)"
-  for preset in tiny small; do
-    "${UG[@]}" perf --device "$DEVICE" --preset "$preset" --batch "$BENCH_BATCH" --num-envs "$PERF_NUM_ENVS" \
-      --executor loop,vmap --json 2>>"$LOG" | tee -a "$OUT/results/perf_num_envs.jsonl"
-  done
-fi
+stage "gpu tests: no host sync in the update; the graph executor against eager vmap"
+python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_engine_sync.py tests/test_batched_engine.py 2>&1 \
+  | tail -n 15 | tee -a "$LOG"
+stage "perf: N = $PERF_NUM_ENVS batched runs, executors $PERF_EXECUTORS (docs/results.md's GPU table)"
+for preset in tiny small; do
+  "${UG[@]}" perf --device "$DEVICE" --preset "$preset" --batch "$BENCH_BATCH" --num-envs "$PERF_NUM_ENVS" \
+    --executor "$PERF_EXECUTORS" --json 2>>"$LOG" | tee -a "$OUT/results/perf_num_envs.jsonl"
+done
 
 # pretraining steps that fit PRETRAIN_SECONDS, from the measured plain DDPM step at this preset
 ms=$(python3 - "$OUT/results/perf.jsonl" "$PRESET" <<'EOF'

@@ -110,8 +110,13 @@ def test_n_run_input_errors(tiny_checkpoint, default_scenario):
     r, f = default_scenario.retain, default_scenario.forget
     with pytest.raises(ValueError, match="num_runs must be an int >= 1, got 0"):
         UnlearningEngine(unet, r, f, num_runs=0)
-    with pytest.raises(ValueError, match=r"executor must be one of \['auto', 'vmap', 'loop'\], got 'gpu'"):
+    with pytest.raises(ValueError, match=r"executor must be one of \['auto', 'vmap', 'loop', 'graph'\], got 'gpu'"):
         UnlearningEngine(unet, r, f, executor="gpu")
+    with pytest.raises(
+        ValueError,
+        match=r"executor='graph' needs a CUDA device .*got device 'cpu'; use executor='loop' \(the CPU default\) or 'vmap'",
+    ):
+        UnlearningEngine(unet, r, f, executor="graph")
     engine = _engine(tiny_checkpoint, default_scenario, "siss", 2, "loop")
     assert engine.executor == "loop"  # "auto" on the CPU
     with pytest.raises(ValueError, match=r"expected 2 seed\(s\), one per run, got 3"):
@@ -132,3 +137,66 @@ def test_n_run_input_errors(tiny_checkpoint, default_scenario):
     superfactor.seed([0, 1])
     with pytest.raises(ValueError, match="one forget-set size k for all runs under 'superfactor' surgery"):
         superfactor.update(0.5)
+
+
+def test_graph_warm_up_state_round_trip(tiny_checkpoint, default_scenario):
+    """What the graph executor does around its warm-up, on the CPU: saving the runs' weights, moments,
+    step counts and generators, stepping, and putting them back leaves the next update unchanged."""
+    lams = np.array([0.3, 0.7])
+    reference = _engine(tiny_checkpoint, default_scenario, "siss", 2, "vmap")
+    reference.seed([3, 4])
+    reference.update(lams)
+    expected = reference.update(lams).values
+    engine = _engine(tiny_checkpoint, default_scenario, "siss", 2, "vmap")
+    engine.seed([3, 4])
+    engine.update(lams)
+    saved = engine._save_step_state()
+    for _ in range(2):  # the warm-up steps (on the CPU, the eager body of the capture)
+        engine._step(torch.full((2,), 0.5, dtype=torch.float64), torch.ones(2, dtype=torch.float64), "vmap")
+    engine._load_step_state(saved)
+    np.testing.assert_array_equal(engine.update(lams).values, expected)
+    for name, p in reference.params.items():
+        assert torch.equal(engine.params[name], p), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the graph executor captures a torch.cuda.CUDAGraph"
+)
+@pytest.mark.parametrize("kind", ["siss", "hybrid"])
+def test_graph_executor_matches_eager_vmap_on_a_gpu(tiny_checkpoint, default_scenario, kind):
+    """The captured update replays what the eager vmap update computes: statistics to rtol 1e-4
+    (the same kernels, the same random numbers; atol for near-cancelling variance terms), weights
+    within 2·lr per update; through a masked restore, a reseed and a new forget set (a new capture)."""
+
+    def script(engine):
+        engine.seed([5, 6])
+        rows = []
+        for step in range(4):
+            rows.append(engine.update(np.array([0.2, 0.8]), np.array([1.0, 0.5])).values)
+            if step == 1:
+                engine.restore([0])
+                engine.seed([9], [0])
+        engine.set_forget(default_scenario.forget.subset(np.arange(3)), runs=[1])
+        rows.append(engine.update(0.5).values)
+        return rows, {n: p.clone() for n, p in engine.params.items()}
+
+    unet, _ = load_model(tiny_checkpoint)
+    eager_rows, eager_params = script(_engine_on(unet, default_scenario, kind, "vmap"))
+    unet, _ = load_model(tiny_checkpoint)
+    graph = _engine_on(unet, default_scenario, kind, "graph")
+    graph_rows, graph_params = script(graph)
+    assert len(graph._graphs) == 2  # one capture per combination of forget sets
+    for a, b in zip(eager_rows, graph_rows, strict=True):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    for name, p in eager_params.items():
+        torch.testing.assert_close(graph_params[name], p, rtol=0, atol=2 * LR * 5)
+
+
+def _engine_on(unet, scenario, kind, executor):
+    kw = dict(probe_size=2, num_runs=2, executor=executor, device="cuda")
+    if kind == "hybrid":
+        cfg = HybridConfig(siss=SISSConfig(batch_size=2, lr=LR))
+        return HybridEngine(unet, scenario.retain, scenario.forget, hybrid=cfg, target_classes=(0, 2, 3), **kw)
+    return UnlearningEngine(unet, scenario.retain, scenario.forget, SISSConfig(batch_size=2, lr=LR), **kw)

@@ -493,7 +493,7 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
     runner.close()
     with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
         dataclasses.replace(config, num_envs=0)
-    with pytest.raises(ValueError, match="executor must be 'auto', 'vmap' or 'loop', got 'gpu'"):
+    with pytest.raises(ValueError, match="executor must be 'auto', 'vmap', 'loop' or 'graph', got 'gpu'"):
         dataclasses.replace(config, executor="gpu")
 
 

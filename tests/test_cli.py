@@ -109,10 +109,11 @@ def test_pretrain_then_evaluate_then_unlearn(tmp_path, capsys):
 def test_perf_reports_the_ratios(capsys):
     main(["perf", "--preset", "tiny", "--batch", "4", "--repeats", "2", "--device", "cpu", "--json"])
     res = _json_stdout(capsys)
-    for key in ("plain_ms", "siss_ms", "env_ms"):
+    for key in ("plain_ms", "siss_ms", "siss_probe_ms", "env_ms"):
         assert res[key] > 0
     assert res["siss_over_plain"] == pytest.approx(res["siss_ms"] / res["plain_ms"], rel=1e-2)
     assert res["env_over_siss"] == pytest.approx(res["env_ms"] / res["siss_ms"], rel=1e-2)
+    assert res["env_over_siss_probe"] == pytest.approx(res["env_ms"] / res["siss_probe_ms"], rel=1e-2)
 
 
 def test_user_errors_are_clear(tmp_path):
@@ -223,7 +224,11 @@ def test_perf_num_envs_reports_batched_steps(capsys):
     assert [(r["num_envs"], r["executor"]) for r in res["runs"]] == [(1, "loop"), (2, "loop"), (1, "vmap"), (2, "vmap")]
     for r in res["runs"]:
         assert r["speedup_vs_sequential"] == pytest.approx(r["num_envs"] * res["single_ms"] / r["batched_ms"], rel=1e-2)
-    with pytest.raises(SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop'\], got \['gpu'\]"):
+    with pytest.raises(
+        SystemExit, match=r"--executor expected some of \['auto', 'vmap', 'loop', 'graph'\], got \['gpu'\]"
+    ):
         main(argv + ["--num-envs", "2", "--executor", "gpu"])
     with pytest.raises(SystemExit, match="--num-envs: expected integers >= 1, got '0,2'"):
         main(argv + ["--num-envs", "0,2"])
+    with pytest.raises(SystemExit, match="--executor graph needs a CUDA device .*got --device 'cpu'; drop graph"):
+        main(argv + ["--num-envs", "1,4,16,64", "--executor", "loop,vmap,graph"])

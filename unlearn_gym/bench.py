@@ -193,9 +193,10 @@ class BenchConfig:
     do not depend on N (up to the floating-point order of a different ``executor``). 1 = one episode
     at a time on the single env. With ``robustness`` or a ``record`` folder, or an env without a
     vector entry point, the episodes run one at a time on the single env whatever N is."""
-    executor: Literal["auto", "vmap", "loop"] = "auto"
-    """How the batched engine maps its update over the N runs: "loop", "vmap" or "auto" (vmap on CUDA,
-    loop on the CPU)."""
+    executor: Literal["auto", "vmap", "loop", "graph"] = "auto"
+    """How the batched engine maps its update over the N runs: "loop", "vmap", "graph" (the vmapped
+    update captured as one CUDA graph; CUDA only, SISS and hybrid envs) or "auto" (vmap on CUDA, loop
+    on the CPU)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -210,8 +211,8 @@ class BenchConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {self.num_envs!r}")
-        if self.executor not in ("auto", "vmap", "loop"):
-            raise ValueError(f"executor must be 'auto', 'vmap' or 'loop', got {self.executor!r}")
+        if self.executor not in ("auto", "vmap", "loop", "graph"):
+            raise ValueError(f"executor must be 'auto', 'vmap', 'loop' or 'graph', got {self.executor!r}")
         if self.contaminated_label_samples is not None and self.contaminated_label_samples < 1:
             raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
         if self.metrics not in ("basic", "full"):

@@ -738,6 +738,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
     bad = [e for e in executors if e not in EXECUTORS]
     if bad:
         raise SystemExit(f"error: --executor expected some of {list(EXECUTORS)}, got {bad}")
+    if "graph" in executors and not device.startswith("cuda"):
+        raise SystemExit(
+            f"error: --executor graph needs a CUDA device (it captures the update as a CUDA graph), got --device "
+            f"{device!r}; drop graph from --executor or use --device cuda"
+        )
     result = profile_runs(
         args.preset, args.batch, device, _int_list(args.num_envs, "--num-envs", minimum=1), executors, args.repeats
     )
@@ -929,8 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         default="auto",
-        choices=["auto", "vmap", "loop"],
-        help="with --num-envs: how the batched engine maps over the runs (auto: vmap on CUDA, loop on the CPU)",
+        choices=["auto", "vmap", "loop", "graph"],
+        help="with --num-envs: how the batched engine maps over the runs (auto: vmap on CUDA, loop on the CPU; "
+        "graph: the vmapped update as one CUDA graph, CUDA only)",
     )
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
     p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
@@ -1028,7 +1034,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated N, e.g. 1,4,16: time one step of the N-run vector env against N single env steps",
     )
-    p.add_argument("--executor", default="loop,vmap", help="with --num-envs: comma-separated executors (loop, vmap)")
+    p.add_argument(
+        "--executor",
+        default="loop,vmap",
+        help="with --num-envs: comma-separated executors (loop, vmap; graph on CUDA: the update as one CUDA graph)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_perf)

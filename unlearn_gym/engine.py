@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, astuple, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .data.scenarios import ImageSet
 from .models.checkpoint import load_tensors, save_tensors_atomic
 from .models.unet import noise_schedule
-from .objectives.common import global_norm
+from .objectives.common import call, global_norm
 from .objectives.siss import OBJECTIVES, SISSBatch, SISSConfig, draw_batch
 
 __all__ = [
@@ -46,18 +47,26 @@ class HostStats:
 
     @property
     def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.as_array())))
+        return all(math.isfinite(v) for v in self._values())
 
     def as_array(self) -> np.ndarray:
-        return np.array(astuple(self), dtype=np.float64)
+        return np.array(self._values(), dtype=np.float64)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return dict(zip(self.names(), self._values()))
+
+    def _values(self) -> list[float]:
+        # the fields' values (floats: no ``dataclasses.astuple``/``asdict``, which deep-copy each one)
+        return [getattr(self, name) for name in self.names()]
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The statistics' names: the dataclass's fields, in the order of the engine's stats tensor."""
-        return tuple(f.name for f in fields(cls))
+        names = cls.__dict__.get("_field_names")
+        if names is None:
+            names = tuple(f.name for f in fields(cls))
+            cls._field_names = names  # a class attribute (not a field), computed once per class
+        return names
 
 
 @dataclass(frozen=True)
@@ -123,16 +132,24 @@ STAT_NAMES = StepStats.names()
 """The field names of :class:`StepStats`, in the order of the engine's stats tensor."""
 
 
-Executor = Literal["auto", "vmap", "loop"]
-EXECUTORS = ("auto", "vmap", "loop")
+Executor = Literal["auto", "vmap", "loop", "graph"]
+EXECUTORS = ("auto", "vmap", "loop", "graph")
 
 
 def resolve_executor(executor: str, device: torch.device) -> str:
-    """ "auto" ↦ "vmap" on CUDA and "loop" elsewhere (on the CPU a loop is faster, DESIGN §11)."""
+    """ "auto" ↦ "vmap" on CUDA and "loop" elsewhere (on the CPU a loop is faster, DESIGN §11).
+
+    "graph" (the vmapped update captured once as a CUDA graph and replayed) needs a CUDA device.
+    """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
     if executor == "auto":
         return "vmap" if device.type == "cuda" else "loop"
+    if executor == "graph" and device.type != "cuda":
+        raise ValueError(
+            f"executor='graph' needs a CUDA device (it captures the update as a torch.cuda.CUDAGraph), "
+            f"got device {str(device)!r}; use executor='loop' (the CPU default) or 'vmap'"
+        )
     return executor
 
 
@@ -166,6 +183,27 @@ class RunStats:
     def column(self, name: str) -> np.ndarray:
         """(n,) the statistic ``name`` of every run."""
         return self.values[:, self.stats_class.names().index(name)]
+
+
+GRAPH_WARMUP_STEPS = 2
+"""Eager steps on a side stream before a capture (their changes to the runs are undone)."""
+MAX_GRAPHS = 4
+"""Captured updates kept per engine (one per combination of forget sets; least recently used dropped)."""
+
+
+@dataclass
+class _CapturedUpdate:
+    """One update of the N runs captured as a CUDA graph, with its static input and output buffers."""
+
+    graph: torch.cuda.CUDAGraph
+    lam: torch.Tensor
+    """(N,) float64 λ_i, copied in before each replay."""
+    scale: torch.Tensor
+    """(N,) float64 forget strengths, copied in before each replay."""
+    stats: torch.Tensor
+    """(N, k) the statistics the replay writes."""
+    inputs: tuple[torch.Tensor, ...]
+    """The tensors the capture read by address (held so that they stay alive)."""
 
 
 def _math_attention():
@@ -284,6 +322,20 @@ class RunEngine:
             raise ValueError(f"{name}: expected a scalar or one value per run, shape ({n},), got {arr.shape}")
         return arr
 
+    def _to_device(self, arr: np.ndarray) -> torch.Tensor:
+        """A host array (a per-run λ, strength or weights) on the engine's device, without a host sync.
+
+        On a GPU the array goes through pinned memory and an asynchronous copy, ordered on the stream
+        before the kernels that read it (a copy from pageable memory would synchronise the host); on
+        the CPU it is the array itself (no copy).
+        """
+        t = torch.as_tensor(arr)
+        if self.device.type == "cpu":
+            return t
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _to_host(self, stats: torch.Tensor) -> RunStats:
         return RunStats(stats.to("cpu", torch.float64).numpy(), self.stats_class)  # the one host copy
 
@@ -320,12 +372,15 @@ class UnlearningEngine(RunEngine):
     6. copy one (N, k) statistics tensor to the host.
 
     Steps 2–3 and 5 are one per-run function, mapped over the runs by the executor: "loop" (a
-    Python loop over the runs; the CPU default, faster there) or "vmap" (``torch.func.vmap`` over
-    the stacked runs, math attention; the CUDA default). Step 4 is elementwise over the stacks.
-    Both give the same numbers up to float rounding, and the loop with N runs gives run i exactly
-    the numbers of a one-run engine seeded like run i. The step has no host synchronisation other
-    than the one copy of step 6, and no Python branch on tensor values. ``num_runs=1`` is the
-    single env's engine.
+    Python loop over the runs; the CPU default, faster there), "vmap" (``torch.func.vmap`` over
+    the stacked runs, math attention; the CUDA default) or "graph" (CUDA only: steps 1–5 of the
+    "vmap" executor captured once as a ``torch.cuda.CUDAGraph`` per set of forget sets and
+    replayed, λ_i and the strengths copied into its static input buffers, each run's generator
+    registered with the graph). Step 4 is elementwise over the stacks. All give the same numbers
+    up to float rounding, and the loop with N runs gives run i exactly the numbers of a one-run
+    engine seeded like run i. Steps 1–5 have no host synchronisation and no Python branch on
+    tensor values (the inputs go to the device asynchronously through pinned memory); step 6 is
+    the one device→host copy. ``num_runs=1`` is the single env's engine.
 
     Args:
         unet: the pretrained ε-prediction UNet (moved to ``device``; its weights become the frozen
@@ -338,7 +393,7 @@ class UnlearningEngine(RunEngine):
         dataset_size: n of "superfactor" surgery (default |retain| + |forget|).
         scheduler_config: the DDPM schedule (None: the default one).
         num_runs: N, the number of independent runs (>= 1).
-        executor: "auto", "vmap" or "loop" (see above).
+        executor: "auto", "vmap", "loop" or "graph" (see above; "graph" needs ``device`` CUDA).
     """
 
     stats_class: type[HostStats] = StepStats
@@ -399,6 +454,8 @@ class UnlearningEngine(RunEngine):
         )
         self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
         self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
+        self._graphs: dict[tuple[int, ...], _CapturedUpdate] = {}
+        """The graph executor's captured updates, keyed by the tensors they read (:meth:`_graph_inputs`)."""
 
     # -- runs and data ------------------------------------------------------------------------
 
@@ -502,7 +559,7 @@ class UnlearningEngine(RunEngine):
         if not self.probe_size:
             return torch.full((2,), float("nan"), device=self.device, dtype=eps.dtype)
         with torch.no_grad():
-            out = functional_call(self._module, params, (x_t, t), {"class_labels": y}).sample
+            out = call(self._module, params, (x_t, t), {"class_labels": y}).sample
             err = (out - eps).pow(2).flatten(1).sum(1).view(2, -1).mean(1)
         return torch.where(valid, err, float("nan"))
 
@@ -531,11 +588,25 @@ class UnlearningEngine(RunEngine):
             The N runs' statistics (one host copy).
         """
         N = self.num_runs
-        lam = torch.as_tensor(self._per_run(lam, "lam", N), device=self.device)
-        scale = torch.as_tensor(self._per_run(forget_scale, "forget_scale", N), device=self.device)
-        idx = list(range(N))
+        lam = self._per_run(lam, "lam", N)
+        scale = self._per_run(forget_scale, "forget_scale", N)
+        if self.executor == "graph":
+            stats = self._graph_update(lam, scale)
+        else:
+            stats = self._step(self._to_device(lam), self._to_device(scale), self.executor)
+        self.step_count += 1
+        return self._to_host(stats)
+
+    def _step(self, lam: torch.Tensor, scale: torch.Tensor, executor: str) -> torch.Tensor:
+        """Steps 1–5 of every run on the device: the (N, k) statistics tensor (no host copy, no sync).
+
+        Args:
+            lam, scale: (N,) float64 device tensors λ_i and forget strengths.
+            executor: "loop" or "vmap" (the graph executor captures the "vmap" body).
+        """
+        idx = list(range(self.num_runs))
         batches = [self._draw(i) for i in idx]
-        if self.executor == "loop":
+        if executor == "loop":
             rows = []
             for i in idx:
                 grads, head = self._run_step(
@@ -544,15 +615,81 @@ class UnlearningEngine(RunEngine):
                 self._adamw_(i, grads)
                 probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
                 rows.append(self._with_probe(head, probe))
-            stats = torch.stack(rows)
-        else:
-            with _math_attention():
-                grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
-                self._adamw_(None, grads)
-                probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
-            stats = self._with_probe(head, probe)
-        self.step_count += 1
-        return self._to_host(stats)
+            return torch.stack(rows)
+        with _math_attention():
+            grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
+            self._adamw_(None, grads)
+            probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
+        return self._with_probe(head, probe)
+
+    # -- the graph executor ---------------------------------------------------------------------
+
+    def _graph_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a captured update reads by address beside the engine's own fixed buffers
+        (the runs' forget sets): a new one (``set_forget``) needs a new capture."""
+        return tuple(t for pair in self._forget for t in pair)
+
+    def _step_state(self) -> list[torch.Tensor]:
+        """The device tensors an update changes: θ_i, the AdamW moments and step counts."""
+        return [*self.params.values(), *self._exp_avg.values(), *self._exp_avg_sq.values(), self._adam_steps]
+
+    @torch.no_grad()
+    def _save_step_state(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A copy of what an update changes (:meth:`_step_state` and the generators' states)."""
+        return [t.clone() for t in self._step_state()], [g.get_state() for g in self.generators]
+
+    @torch.no_grad()
+    def _load_step_state(self, saved: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+        """Put a :meth:`_save_step_state` back, in place (the captured graph keeps the addresses)."""
+        tensors, rng = saved
+        for t, value in zip(self._step_state(), tensors, strict=True):
+            t.copy_(value)
+        for g, state in zip(self.generators, rng, strict=True):
+            g.set_state(state)
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> _CapturedUpdate:
+        """Capture :meth:`_step` ("vmap") once as a CUDA graph (the recipe of DESIGN §11).
+
+        1. static inputs: (N,) float64 λ and forget-strength buffers, made before the capture;
+        2. warm up on a side stream (lazy initialisation, workspaces), then put back the weights,
+           moments, step counts and generator states the warm-up changed;
+        3. register every run's generator with the graph, so that each replay draws from the
+           generator's current seed and offset and advances it as an eager step would;
+        4. capture one step; the statistics tensor it writes is the static output.
+        """
+        N = self.num_runs
+        lam = torch.full((N,), 0.5, dtype=torch.float64, device=self.device)
+        scale = torch.ones(N, dtype=torch.float64, device=self.device)
+        saved = self._save_step_state()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._step(lam, scale, "vmap")
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._load_step_state(saved)
+        graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            graph.register_generator_state(g)
+        with torch.cuda.graph(graph):
+            stats = self._step(lam, scale, "vmap")
+        self._load_step_state(saved)  # nothing ran during the capture; the generators start where they were
+        return _CapturedUpdate(graph, lam, scale, stats, inputs)
+
+    def _graph_update(self, lam: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+        """Steps 1–5 as one replay of the graph captured for the current forget sets (captured on first use)."""
+        inputs = self._graph_inputs()
+        key = tuple(id(t) for t in inputs)  # the cached entry holds the tensors, so an id is not reused
+        captured = self._graphs.pop(key, None)
+        if captured is None:
+            captured = self._capture(inputs)
+        self._graphs[key] = captured  # most recently used last
+        while len(self._graphs) > MAX_GRAPHS:
+            self._graphs.pop(next(iter(self._graphs)))
+        captured.lam.copy_(self._to_device(lam))
+        captured.scale.copy_(self._to_device(scale))
+        captured.graph.replay()
+        return captured.stats
 
     def _vmap_step(self, params, batches: list[tuple], lam, scale, forget_size, clip: bool):
         """:meth:`_run_step` mapped by ``vmap`` over the stacked runs (batches stacked here)."""
@@ -570,8 +707,8 @@ class UnlearningEngine(RunEngine):
         """
         idx = self._runs(runs)
         n = len(idx)
-        lam = torch.as_tensor(self._per_run(lam, "lam", n), device=self.device)
-        scale = torch.as_tensor(self._per_run(forget_scale, "forget_scale", n), device=self.device)
+        lam = self._to_device(self._per_run(lam, "lam", n))
+        scale = self._to_device(self._per_run(forget_scale, "forget_scale", n))
         batches = [self._draw(i) for i in idx]
         if self.executor == "loop":
             rows = []
@@ -713,10 +850,14 @@ class HybridEngine(UnlearningEngine):
         if weights is None:
             self._target_weights = None
             return
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=self.device)
+        w = self._to_device(np.asarray(weights, dtype=np.float32))
         if w.shape != self.target_classes.shape:
             raise ValueError(f"target weights: expected shape {tuple(self.target_classes.shape)}, got {tuple(w.shape)}")
         self._target_weights = w
+
+    def _graph_inputs(self) -> tuple[torch.Tensor, ...]:
+        weights = self._target_weights if self._target_weights is not None else self._uniform_weights
+        return (*super()._graph_inputs(), weights)
 
     def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
         from .objectives.hybrid import hybrid_objective

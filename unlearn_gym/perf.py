@@ -36,6 +36,26 @@ def _median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torc
     return 1000.0 * statistics.median(times)
 
 
+def _median_ms_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """:func:`_median_ms` of several calls timed in turn (one call of each per repeat), so that a
+    change of the machine's load while they run weighs on all of them alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+
+
 def profile_step(
     preset: str = "small",
     batch_size: int = 64,
@@ -49,10 +69,14 @@ def profile_step(
     - plain: forward, ε-MSE, backward, AdamW on B retain images;
     - SISS: :meth:`UnlearningEngine.update` (draw, one forward, two backwards, surgery, clip,
       AdamW, one host copy) with the probe off;
-    - env: ``SISSEnv.step`` (the same update, the fixed probe, observation and reward).
+    - SISS with the probe: the same update with the env's fixed probe (one no-grad forward on its
+      2·``probe_size`` images after the step), the engine part of ``env.step``;
+    - env: ``SISSEnv.step`` (the update with the probe, then observation and reward).
 
-    The weights are a fresh initialisation of ``preset`` (speed does not depend on them); the data
-    is the ``default`` scenario.
+    The three are timed in turn, one call of each per repeat (:func:`_median_ms_interleaved`). So
+    ``env_over_siss`` = the probe's share plus the env's own share (``env_over_siss_probe``:
+    observation, reward, info). The weights are a fresh initialisation of ``preset`` (speed does
+    not depend on them); the data is the ``default`` scenario.
     """
     from .data.scenarios import load_scenario
     from .engine import UnlearningEngine
@@ -101,22 +125,32 @@ def profile_step(
             },
         }
         save_model(unet, tmp, config)
-        engine = UnlearningEngine(
-            copy.deepcopy(unet),
-            scenario.retain,
-            scenario.forget,
-            SISSConfig(batch_size=batch_size),
-            device=dev,
-            probe_size=0,
-        )
-        engine.seed(seed)
-        siss_ms = _median_ms(lambda: engine.update(0.5), repeats, warmup, dev)
-
         env = SISSEnv(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9)
         env.reset(seed=seed)
         action = np.zeros(1, dtype=np.float32)
-        env_ms = _median_ms(lambda: env.step(action), repeats, warmup, dev)
         probe_size = env.config.probe_size
+        engines = {}
+        for name, probe in (("siss", 0), ("siss_probe", probe_size)):
+            engines[name] = UnlearningEngine(
+                copy.deepcopy(unet),
+                scenario.retain,
+                scenario.forget,
+                SISSConfig(batch_size=batch_size),
+                device=dev,
+                probe_size=probe,
+            )
+            engines[name].seed(seed)
+        ms = _median_ms_interleaved(
+            {
+                "siss": lambda: engines["siss"].update(0.5),
+                "siss_probe": lambda: engines["siss_probe"].update(0.5),
+                "env": lambda: env.step(action),
+            },
+            repeats,
+            warmup,
+            dev,
+        )
+        siss_ms, siss_probe_ms, env_ms = ms["siss"], ms["siss_probe"], ms["env"]
 
     return {
         "preset": preset,
@@ -127,9 +161,11 @@ def profile_step(
         "probe_size": probe_size,
         "plain_ms": round(plain_ms, 2),
         "siss_ms": round(siss_ms, 2),
+        "siss_probe_ms": round(siss_probe_ms, 2),
         "env_ms": round(env_ms, 2),
         "siss_over_plain": round(siss_ms / plain_ms, 3),
         "env_over_siss": round(env_ms / siss_ms, 3),
+        "env_over_siss_probe": round(env_ms / siss_probe_ms, 3),
         "torch": torch.__version__,
     }
 

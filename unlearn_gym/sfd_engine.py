@@ -99,7 +99,7 @@ class SFDEngine(RunEngine):
         probe_size: probe inputs z per class (0: no probe).
         scheduler_config: the DDPM scheduler's config (γ_t, σ_t).
         num_runs: N, the number of independent runs (>= 1).
-        executor: "auto", "vmap" or "loop".
+        executor: "auto", "vmap" or "loop" (no "graph" yet).
     """
 
     stats_class = SFDStepStats
@@ -124,6 +124,11 @@ class SFDEngine(RunEngine):
         if probe_size < 0:
             raise ValueError(f"probe_size must be >= 0, got {probe_size}")
         N = self._init_runs(num_runs, executor, device)
+        if self.executor == "graph":
+            raise ValueError(
+                "SFDEngine: executor must be 'auto', 'vmap' or 'loop' (the graph executor is the SISS and "
+                "hybrid engines'), got 'graph'; use executor='vmap' on CUDA"
+            )
         self.config = config
         self.forget_class = int(forget_class)
         self.remain_classes = torch.tensor(list(remain_classes), dtype=torch.long, device=self.device)
@@ -194,7 +199,7 @@ class SFDEngine(RunEngine):
         bad = [i for i in range(n) if not (np.all(np.isfinite(w[i])) and np.all(w[i] >= 0))]
         if bad:
             raise ValueError(f"target_weights of run {bad[0]} must be finite and >= 0, got {w[bad[0]].tolist()}")
-        return torch.as_tensor(w.astype(np.float32), device=self.device)
+        return self._to_device(w.astype(np.float32))
 
     # -- the per-run functions -------------------------------------------------------------------
 
@@ -273,7 +278,7 @@ class SFDEngine(RunEngine):
             The N runs' statistics (one host copy).
         """
         N = self.num_runs
-        lam = torch.as_tensor(self._per_run(lam, "lam", N), device=self.device)
+        lam = self._to_device(self._per_run(lam, "lam", N))
         weights = self._target_weights(target_weights, N)
         override = self._override(override_class, target_weights)
         batches = [self._draw(i) for i in range(N)]
@@ -312,7 +317,7 @@ class SFDEngine(RunEngine):
         """
         idx = self._runs(runs)
         n = len(idx)
-        lam = torch.as_tensor(self._per_run(lam, "lam", n), device=self.device)
+        lam = self._to_device(self._per_run(lam, "lam", n))
         weights = self._target_weights(target_weights, n)
         override = self._override(override_class, target_weights)
         batches = [self._draw(i) for i in idx]

@@ -61,7 +61,7 @@ class UnlearningVectorEnv(VectorEnv):
 
     ## Arguments
 
-    num_envs: N >= 1. executor: the engine's executor, "auto", "vmap" or "loop".
+    num_envs: N >= 1. executor: the engine's executor, "auto", "vmap", "loop" or "graph" (CUDA only).
     max_episode_steps: truncation (as ``gymnasium.make``'s; the earlier of it and ``horizon``
     ends an episode). Everything else: the single env's keywords.
     """

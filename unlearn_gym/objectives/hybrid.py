@@ -26,9 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call
 
-from .common import as_scalar, forward_noise, global_norm, gradient
+from .common import as_scalar, call, forward_noise, global_norm, gradient
 from .sfd import teacher_eps
 from .siss import SISSBatch, SISSConfig, siss_objective, surgery_coefficients
 
@@ -112,7 +111,7 @@ def hybrid_objective(
 
     # 5. ℓ_align = mean_i Σ_pixels (ε_θ(a_t, t, y_a) − ε̄)² and ∇_θ ℓ_align
     def align(p):
-        eps_hat = functional_call(unet, p, (a_t, batch.t), {"class_labels": batch.y_a}).sample
+        eps_hat = call(unet, p, (a_t, batch.t), {"class_labels": batch.y_a}).sample
         return (eps_hat - eps_target).pow(2).flatten(1).sum(1).mean()
 
     loss_align, g_al = gradient(align, params)

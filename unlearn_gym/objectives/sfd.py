@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
 
-from .common import as_scalar, forward_noise, global_norm, gradient, two_gradients
+from .common import as_scalar, call, forward_noise, global_norm, gradient, two_gradients
 
 __all__ = [
     "SFDConfig",
@@ -145,7 +144,7 @@ def draw_sfd_batch(
 
 
 def _eps(unet, params, x, t, c) -> torch.Tensor:
-    return functional_call(unet, params, (x, t), {"class_labels": c}).sample
+    return call(unet, params, (x, t), {"class_labels": c}).sample
 
 
 def generator_sample(unet, params, z, c, gamma, sigma, t_star: int) -> torch.Tensor:

@@ -36,9 +36,8 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
-from torch.func import functional_call
 
-from .common import as_scalar, forward_noise, global_norm, two_gradients
+from .common import as_float64, as_scalar, call, forward_noise, global_norm, two_gradients
 
 __all__ = [
     "SISSConfig",
@@ -329,7 +328,7 @@ def importance_log_weights(
 
 def log_lambda_pair(lam: torch.Tensor | float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log λ, log(1 − λ)) computed in float64 (exact near λ = 1), cast to ``like``'s dtype and device."""
-    lam64 = torch.as_tensor(lam, dtype=torch.float64, device=like.device)
+    lam64 = as_float64(lam, like.device)
     return torch.log(lam64).to(like.dtype), torch.log1p(-lam64).to(like.dtype)
 
 
@@ -437,7 +436,7 @@ def siss_objective(
 
     # 3. one forward; 6. weighted losses
     def forward(p):
-        return functional_call(unet, p, (m_t, batch.t), {"class_labels": y}).sample
+        return call(unet, p, (m_t, batch.t), {"class_labels": y}).sample
 
     def losses(eps_hat):
         err_x, err_a = _sq_err(eps_hat, eps_x), _sq_err(eps_hat, eps_a)
@@ -479,7 +478,7 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
     labels = torch.cat([batch.y_x, batch.y_a])
 
     def forward(p):
-        return functional_call(unet, p, inputs, {"class_labels": labels}).sample
+        return call(unet, p, inputs, {"class_labels": labels}).sample
 
     def losses(out):
         eps_hat_x, eps_hat_a = out.chunk(2)
@@ -491,7 +490,7 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
 
 def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
     zero = torch.zeros((), dtype=loss_x.dtype, device=loss_x.device)
-    share = torch.as_tensor(forget_share, dtype=loss_x.dtype, device=loss_x.device)
+    share = torch.full((), forget_share, dtype=loss_x.dtype, device=loss_x.device)
     variances = EstimatorVariances.zeros(loss_x)
     return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero, zero, variances)
 
