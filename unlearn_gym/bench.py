@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -357,8 +357,9 @@ def run_benchmark(
         for index, outcome in run_on_ray(policies, config, runs, batches, record=record is not None):
             finish(index, outcome)
     elif config.workers > 1 and robust is None and len(batches) > 1:
-        for index, outcome in _run_in_workers(policies, config, runs, batches, record=record is not None):
-            finish(index, outcome)
+        with closing(_run_in_workers(policies, config, runs, batches, record=record is not None)) as outcomes:
+            for index, outcome in outcomes:  # closing: an exception here ends the workers at once
+                finish(index, outcome)
     else:
         for batch in batches:
             name, seed, _ = runs[batch[0]]
@@ -828,16 +829,14 @@ def _worker_units(units: list[tuple[str, int, int | None]]) -> list[tuple[dict, 
 def _run_in_workers(policies, config: BenchConfig, runs: list, batches: list[list[int]], record: bool = False):
     """Run the batches of ``runs`` (each a list of indices k: :meth:`EpisodeRunner.run_units` of
     ``runs[k]``) in ``config.workers`` spawned processes; yields (k, (record, evaluation, steps)) as
-    each batch finishes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    each batch finishes. The workers end with this generator: an exception (Ctrl-C, SIGTERM) or
+    closing it terminates them, and a killed parent is noticed by each (:func:`~unlearn_gym.worker_pool.worker_pool`)."""
+    from concurrent.futures import as_completed
 
-    context = multiprocessing.get_context("spawn")  # CUDA-safe, and no torch state forked
-    with ProcessPoolExecutor(
-        min(config.workers, len(batches)),
-        mp_context=context,
-        initializer=_worker_init,
-        initargs=(dict(policies), config, record),
+    from .worker_pool import worker_pool
+
+    with worker_pool(
+        min(config.workers, len(batches)), initializer=_worker_init, initargs=(dict(policies), config, record)
     ) as pool:
         futures = {pool.submit(_worker_units, [runs[k] for k in batch]): batch for batch in batches}
         for future in as_completed(futures):
