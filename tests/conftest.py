@@ -18,6 +18,21 @@ def _few_threads():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """The reference evaluations of the session go to a temporary cache, not the user's ~/.cache
+    (subprocesses inherit it through the environment)."""
+    import os
+
+    before = os.environ.get("UNLEARN_GYM_CACHE")
+    os.environ["UNLEARN_GYM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["UNLEARN_GYM_CACHE"]
+    else:
+        os.environ["UNLEARN_GYM_CACHE"] = before
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny batched models step fastest so; two OpenMP threads on a

@@ -293,7 +293,7 @@ def run_benchmark(
     pretrained, grids, samples = None, {}, {}
     if evaluate is not None:
         t0 = time.perf_counter()
-        ev = evaluate()
+        ev = runner.evaluate_pretrained(log)
         pretrained = dict(ev.figures)
         grids["pretrained"] = _grid_images(ev, runner.num_labels, config)
         samples["pretrained"] = (ev.images, ev.labels)
@@ -518,7 +518,9 @@ class EpisodeRunner:
         if config.samples_per_label > 0:
             from .assets import bundled_model_dir
 
-            checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+            self.checkpoint = checkpoint = (
+                Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+            )
             model_config = load_model_config(checkpoint)
             self.classifier = load_classifier(
                 classifier_dir_for(checkpoint, model_config, config.classifier), base.device
@@ -538,6 +540,28 @@ class EpisodeRunner:
                 sampler=getattr(base, "sampler", None),  # SFD-v0: its one-step generator
             )
             self.evaluate = self._evaluate
+
+    def evaluate_pretrained(self, log: Callable[[str], None] | None = None):
+        """The env's pretrained model's evaluation (call it after a reset): when the env samples its
+        checkpoint with DDIM, :func:`~unlearn_gym.metrics.reference.evaluate_reference_model`'s (cached
+        on disk, sampled once per checkpoint, classifier and settings); else sampled now."""
+        from .metrics.forget import SampleEvaluation
+        from .metrics.reference import ReferenceEvalSettings, evaluate_reference_model
+
+        if self._eval_kw["sampler"] is not None or getattr(self.base, "forget_class", None) is not None:
+            return self._evaluate()
+        kw = self._eval_kw
+        settings = ReferenceEvalSettings(
+            samples_per_label=kw["samples_per_label"],
+            contaminated_label_samples=kw["contaminated_label_samples"],
+            ddim_steps=kw["num_inference_steps"],
+            seed=kw["seed"],
+        )
+        ref = evaluate_reference_model(
+            self.checkpoint, self.config.classifier, settings, device=self.base.device, log=log
+        )
+        ev = ref.evaluation
+        return SampleEvaluation(ev.figures, *(t.to(self.base.device) for t in (ev.images, ev.labels, ev.predictions)))
 
     def _evaluate(self, model=None):
         """Evaluate ``model`` (default: the single env's unlearned model) by sampling."""
