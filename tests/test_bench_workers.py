@@ -49,12 +49,13 @@ def _episode_lines(path: Path) -> int:
 
 
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGINT"])
-def test_a_killed_bench_leaves_no_worker_processes(tiny_checkpoint, tmp_path, sig):
+def test_a_killed_bench_leaves_no_worker_processes(tmp_path, sig):
     """`bench --workers 2` is killed (SIGKILL: no Python code runs in it) or interrupted (SIGTERM, SIGINT)
     while its two workers run episodes: within seconds none of its processes is left."""
-    argv = [sys.executable, "-m", "unlearn_gym.cli", "bench", "--policies", "static:0.5", "--seeds", "8"]
-    argv += ["--checkpoint", str(tiny_checkpoint), "--env-kwargs", '{"probe_size": 1}', "--batch-size", "2"]
-    argv += ["--horizon", "40", "--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
+    # short episodes (one batch each), many of them: the run outlasts the first episode by far
+    argv = [sys.executable, "-m", "unlearn_gym.cli", "bench", "--policies", "static:0.5", "--seeds", "30"]
+    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2"]  # the bundled (tiny) model
+    argv += ["--horizon", "2", "--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
     argv += ["--device", "cpu", "--workers", "2", "--threads", "1", "--no-progress", "--bootstrap-reps", "10"]
     argv += ["--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -73,12 +74,12 @@ def test_a_killed_bench_leaves_no_worker_processes(tiny_checkpoint, tmp_path, si
         os.kill(proc.pid, getattr(signal, sig))
         rc = proc.wait(timeout=30)
         t1 = time.monotonic()
-        while (left := [w for w in workers if _alive(*w)]) and time.monotonic() - t1 < 15:
+        while (left := [w for w in workers if _alive(*w)]) and time.monotonic() - t1 < 60:
             time.sleep(0.1)
         assert left == [], f"after {sig} to the bench, its processes {left} are still running"
         # SIGTERM and SIGINT: the bench stops its workers and exits; its report is not written
         assert rc == {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM, "SIGINT": 130}[sig]
-        assert not (tmp_path / "bench.json").exists() and _episode_lines(tmp_path / "episodes.jsonl") < 8
+        assert not (tmp_path / "bench.json").exists() and _episode_lines(tmp_path / "episodes.jsonl") < 30
         if sig == "SIGINT":
             assert (
                 f"bench: interrupted; `unlearn-gym bench --resume {tmp_path}`" in (tmp_path / "stderr.txt").read_text()
