@@ -16,9 +16,25 @@ SMALL_SAMPLED_PROBE = dict(sample_forget=4, sample_retain=1, sample_ddim_steps=2
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """Keep torch to the machine's cores; tests are small and run serially."""
-    torch.set_num_threads(2)
+    """One torch thread per test: the models are tiny, so a second OpenMP thread gains little on an
+    idle machine and stalls on a busy one (and the bench tests' worker processes bring their own)."""
+    torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """The reference evaluations of the session go to a temporary cache, not the user's ~/.cache
+    (subprocesses inherit it through the environment)."""
+    import os
+
+    before = os.environ.get("UNLEARN_GYM_CACHE")
+    os.environ["UNLEARN_GYM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["UNLEARN_GYM_CACHE"]
+    else:
+        os.environ["UNLEARN_GYM_CACHE"] = before
 
 
 @pytest.fixture

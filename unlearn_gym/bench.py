@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -303,7 +303,7 @@ def run_benchmark(
     pretrained, grids, samples = None, {}, {}
     if evaluate is not None:
         t0 = time.perf_counter()
-        ev = evaluate()
+        ev = runner.evaluate_pretrained(log)
         pretrained = dict(ev.figures)
         grids["pretrained"] = _grid_images(ev, runner.num_labels, config)
         samples["pretrained"] = (ev.images, ev.labels)
@@ -314,10 +314,8 @@ def run_benchmark(
 
     retrained = None
     if evaluate is not None and (retrained_dir := runner.retrained_dir()) is not None:
-        from .models.checkpoint import load_model
-
         t0 = time.perf_counter()
-        ev = evaluate(load_model(retrained_dir, base.device)[0])
+        ev = runner.evaluate_reference(retrained_dir, log)
         retrained = {**ev.figures, "checkpoint": str(retrained_dir)}
         runner.set_distance_reference(ev)
         retrained |= runner.distance_to_retrained(ev)
@@ -387,8 +385,9 @@ def run_benchmark(
         for index, outcome in run_on_ray(policies, config, runs, batches, record=record is not None):
             finish(index, outcome)
     elif config.workers > 1 and robust is None and len(batches) > 1:
-        for index, outcome in _run_in_workers(policies, config, runs, batches, record=record is not None):
-            finish(index, outcome)
+        with closing(_run_in_workers(policies, config, runs, batches, record=record is not None)) as outcomes:
+            for index, outcome in outcomes:  # closing: an exception here ends the workers at once
+                finish(index, outcome)
     else:
         for batch in batches:
             name, seed, _ = runs[batch[0]]
@@ -552,7 +551,9 @@ class EpisodeRunner:
         if config.samples_per_label > 0:
             from .assets import bundled_model_dir
 
-            checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+            self.checkpoint = checkpoint = (
+                Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+            )
             model_config = load_model_config(checkpoint)
             self.classifier = load_classifier(
                 classifier_dir_for(checkpoint, model_config, config.classifier), base.device
@@ -581,6 +582,8 @@ class EpisodeRunner:
         if choice is None:
             return None
         if choice == "bundled":
+            if self._eval_kw["sampler"] is not None or getattr(self.base, "forget_class", None) is not None:
+                return None  # SFD-v0's class erasure: the retrained model is the contamination scenarios'
             checkpoint = self.base.config.checkpoint
             same = checkpoint is None or Path(checkpoint).resolve() == bundled_model_dir().resolve()
             return bundled_retrained_dir() if same and bundled_retrained_dir().is_dir() else None
@@ -610,6 +613,31 @@ class EpisodeRunner:
             "retain_fid_retrained": max(0.0, fid_from_features(ref, mine)),  # no rounding below 0
             "retain_kid_retrained": kid_from_features(ref, mine, subset_size=size, seed=self.config.eval_seed)[0],
         }
+
+    def evaluate_pretrained(self, log: Callable[[str], None] | None = None):
+        """The env's pretrained model's evaluation (call it after a reset): when the env samples its
+        checkpoint with DDIM, :func:`~unlearn_gym.metrics.reference.evaluate_reference_model`'s (cached
+        on disk, sampled once per checkpoint, classifier and settings); else sampled now."""
+        if self._eval_kw["sampler"] is not None or getattr(self.base, "forget_class", None) is not None:
+            return self._evaluate()
+        return self.evaluate_reference(self.checkpoint, log)
+
+    def evaluate_reference(self, checkpoint: Path, log: Callable[[str], None] | None = None):
+        """A reference model directory's evaluation with this bench's settings (DDIM), through
+        :func:`~unlearn_gym.metrics.reference.evaluate_reference_model`'s cache."""
+        from .metrics.forget import SampleEvaluation
+        from .metrics.reference import ReferenceEvalSettings, evaluate_reference_model
+
+        kw = self._eval_kw
+        settings = ReferenceEvalSettings(
+            samples_per_label=kw["samples_per_label"],
+            contaminated_label_samples=kw["contaminated_label_samples"],
+            ddim_steps=kw["num_inference_steps"],
+            seed=kw["seed"],
+        )
+        ref = evaluate_reference_model(checkpoint, self.config.classifier, settings, device=self.base.device, log=log)
+        ev = ref.evaluation
+        return SampleEvaluation(ev.figures, *(t.to(self.base.device) for t in (ev.images, ev.labels, ev.predictions)))
 
     def _evaluate(self, model=None):
         """Evaluate ``model`` (default: the single env's unlearned model) by sampling."""
@@ -901,16 +929,14 @@ def _worker_units(units: list[tuple[str, int, int | None]]) -> list[tuple[dict, 
 def _run_in_workers(policies, config: BenchConfig, runs: list, batches: list[list[int]], record: bool = False):
     """Run the batches of ``runs`` (each a list of indices k: :meth:`EpisodeRunner.run_units` of
     ``runs[k]``) in ``config.workers`` spawned processes; yields (k, (record, evaluation, steps)) as
-    each batch finishes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    each batch finishes. The workers end with this generator: an exception (Ctrl-C, SIGTERM) or
+    closing it terminates them, and a killed parent is noticed by each (:func:`~unlearn_gym.worker_pool.worker_pool`)."""
+    from concurrent.futures import as_completed
 
-    context = multiprocessing.get_context("spawn")  # CUDA-safe, and no torch state forked
-    with ProcessPoolExecutor(
-        min(config.workers, len(batches)),
-        mp_context=context,
-        initializer=_worker_init,
-        initargs=(dict(policies), config, record),
+    from .worker_pool import worker_pool
+
+    with worker_pool(
+        min(config.workers, len(batches)), initializer=_worker_init, initargs=(dict(policies), config, record)
     ) as pool:
         futures = {pool.submit(_worker_units, [runs[k] for k in batch]): batch for batch in batches}
         for future in as_completed(futures):

@@ -637,6 +637,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, ConnectionError, DependencyNotInstalled) as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C: the worker processes are stopped; the logged episodes stay
+        print(
+            f"bench: interrupted; `unlearn-gym bench --resume {out}` with the same options continues it",
+            file=sys.stderr,
+        )
+        return 130
     result["seconds"] = round(time.perf_counter() - t0, 1)
     command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
     paths = write_report(result, out, command)

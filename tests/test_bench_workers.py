@@ -1,0 +1,90 @@
+"""`bench --workers`: a killed or interrupted bench leaves no worker process behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").is_file(), reason="reads the process table in /proc (Linux)"
+)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, ..., starttime at 19), or None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of ``pid``."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def _alive(pid: int, start: str) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[19] == start and fields[0] != "Z"  # the same process, not a zombie
+
+
+def _episode_lines(path: Path) -> int:
+    return max(path.read_bytes().count(b"\n") - 1, 0) if path.is_file() else 0  # less the header
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_killed_bench_leaves_no_worker_processes(tmp_path, sig):
+    """`bench --workers 2` is killed (SIGKILL: no Python code runs in it) or interrupted (SIGTERM, SIGINT)
+    while its two workers run episodes: within seconds none of its processes is left."""
+    # short episodes (one batch each), many of them: the run outlasts the first episode by far
+    argv = [sys.executable, "-m", "unlearn_gym.cli", "bench", "--policies", "static:0.5", "--seeds", "30"]
+    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2"]  # the bundled (tiny) model
+    argv += ["--horizon", "2", "--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
+    argv += ["--device", "cpu", "--workers", "2", "--threads", "1", "--no-progress", "--bootstrap-reps", "10"]
+    argv += ["--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        t0 = time.monotonic()
+        while _episode_lines(tmp_path / "episodes.jsonl") < 1:  # the workers are running episodes
+            assert proc.poll() is None, f"bench ended (rc {proc.returncode}) before it could be killed"
+            assert time.monotonic() - t0 < 300, "timed out waiting for the first episode"
+            time.sleep(0.05)
+        workers = _descendants(proc.pid)
+        assert proc.poll() is None, "bench ended before it could be killed"
+        spawned = [p for p, _ in workers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(spawned) >= 2, f"expected 2 spawned workers, got {workers}"
+        os.kill(proc.pid, getattr(signal, sig))
+        rc = proc.wait(timeout=30)
+        t1 = time.monotonic()
+        while (left := [w for w in workers if _alive(*w)]) and time.monotonic() - t1 < 60:
+            time.sleep(0.1)
+        assert left == [], f"after {sig} to the bench, its processes {left} are still running"
+        # SIGTERM and SIGINT: the bench stops its workers and exits; its report is not written
+        assert rc == {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM, "SIGINT": 130}[sig]
+        assert not (tmp_path / "bench.json").exists() and _episode_lines(tmp_path / "episodes.jsonl") < 30
+        if sig == "SIGINT":
+            assert (
+                f"bench: interrupted; `unlearn-gym bench --resume {tmp_path}`" in (tmp_path / "stderr.txt").read_text()
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
