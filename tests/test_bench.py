@@ -158,7 +158,9 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
     assert len(a["episodes"]) == 3 * 2
     static = [e for e in a["episodes"] if e["policy"] == "static:0.5"]
     assert all(lam == 0.5 for e in static for lam in e["lambdas"])
-    assert static[0]["return"] != static[1]["return"]  # the seeds differ
+    assert (
+        static[0]["efficacy"] != static[1]["efficacy"]
+    )  # the seeds differ (the sampled return may not, at 4 + 9 samples)
     random_lams = [e["lambdas"] for e in a["episodes"] if e["policy"] == "random"]
     assert random_lams[0] != random_lams[1]
     # the true return is the sum of the rewards, and the summary is mean ± t-interval over the seeds
