@@ -507,7 +507,8 @@ def test_the_retrained_reference_row_and_the_distance_column(tiny_checkpoint, on
     pre, ret = result["pretrained"], result["retrained"]
     assert ret["forget_rate"] == pre["forget_rate"] and ret["per_label"] == pre["per_label"]
     assert pre["retain_fid_retrained"] == pytest.approx(0.0, abs=1e-6)
-    assert ret["retain_kid_retrained"] == pytest.approx(0.0, abs=1e-6)
+    # (KID's unbiased estimate of two equal sets is not 0: its cross term keeps the diagonal)
+    assert np.isfinite(ret["retain_kid_retrained"])
     for e in result["episodes"]:
         assert e["retain_fid_retrained"] > 0.0 and np.isfinite(e["retain_kid_retrained"])
     row = result["summary"]["static:0.5"]["retain_fid_retrained"]
