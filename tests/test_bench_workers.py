@@ -54,7 +54,8 @@ def test_a_killed_bench_leaves_no_worker_processes(tmp_path, sig):
     while its two workers run episodes: within seconds none of its processes is left."""
     # short episodes (one batch each), many of them: the run outlasts the first episode by far
     argv = [sys.executable, "-m", "unlearn_gym.cli", "bench", "--policies", "static:0.5", "--seeds", "30"]
-    argv += ["--env-kwargs", '{"probe_size": 1}', "--batch-size", "2"]  # the bundled (tiny) model
+    argv += ["--env-kwargs", '{"probe_size": 1, "sample_forget": 4, "sample_retain": 1, "sample_ddim_steps": 2}']
+    argv += ["--batch-size", "2"]  # the bundled (tiny) model
     argv += ["--horizon", "2", "--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
     argv += ["--device", "cpu", "--workers", "2", "--threads", "1", "--no-progress", "--bootstrap-reps", "10"]
     argv += ["--out", str(tmp_path)]
