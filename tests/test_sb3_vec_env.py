@@ -51,7 +51,8 @@ def test_sb3_semantics_autoreset_terminal_observation_and_methods(tiny_checkpoin
     assert isinstance(venv, VecEnv) and venv.num_envs == 2 and venv.action_space.shape == (1,)
     venv.seed(3)
     obs = venv.reset()
-    assert obs.shape == (2, 6) and [set(i) for i in venv.reset_infos] == [{"instance", "reference"}] * 2
+    assert obs.shape == (2, 6)
+    assert [set(i) for i in venv.reset_infos] == [{"instance", "reference", "sampled_reference"}] * 2
     venv.seed(3)
     np.testing.assert_array_equal(venv.reset(), obs)  # seed() applies at the next reset
     actions = np.zeros((2, 1), dtype=np.float32)
