@@ -502,7 +502,7 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
 def test_the_retrained_reference_row_and_the_distance_column(tiny_checkpoint, one_thread):
     """With the pretrained model itself as the "retrained" reference, its row equals the pretrained
     row and the pretrained model's retain FID/KID to it is 0 (the same weights, the same noises)."""
-    config = _config(tiny_checkpoint, retrained=str(tiny_checkpoint), seeds=(0, 1, 2))
+    config = dataclasses.replace(_config(tiny_checkpoint, retrained=str(tiny_checkpoint)), seeds=(0, 1, 2))
     result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
     pre, ret = result["pretrained"], result["retrained"]
     assert ret["forget_rate"] == pre["forget_rate"] and ret["per_label"] == pre["per_label"]

@@ -20,9 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_vec(checkpoint, env_id="unlearn_gym/SISS-v0", num_envs=2, **kwargs):
+    kw = (
+        KW if "SFD" not in env_id else {k: v for k, v in KW.items() if k not in SMALL_SAMPLED_PROBE}
+    )  # SFD: no sampled reward
     return gym.make_vec(
         env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", checkpoint=str(checkpoint),
-        **{**KW, **kwargs},
+        **{**kw, **kwargs},
     )  # fmt: skip
 
 
