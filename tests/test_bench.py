@@ -55,17 +55,12 @@ def test_paired_difference_and_verdicts_match_hand_computed_cases():
         paired_difference([1.0], [1.0, 2.0])
 
 
-def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_metric():
-    def ep(policy, seed, ret, fr, ra):
-        return {
-            "policy": policy,
-            "seed": seed,
-            "instance": None,
-            "return": ret,
-            "forget_rate": fr,
-            "retain_accuracy": ra,
-        }
+def ep(policy, seed, ret, fr, ra):
+    """An episode record with the three summary metrics (the runner's keys)."""
+    return {"policy": policy, "seed": seed, "instance": None, "return": ret, "forget_rate": fr, "retain_accuracy": ra}
 
+
+def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_metric():
     episodes = [ep("static:0.5", s, 0.1 * s, 0.30 + 0.1 * s, 0.9) for s in range(3)]
     # the same seeds shifted: forget rate lower by 0.10 ± 0.01 (better), return equal, retain spread around 0
     episodes += [ep("p", s, 0.1 * s, 0.20 + 0.1 * s + 0.01 * (s - 1), 0.9 + 0.01 * (s - 1)) for s in reversed(range(3))]
@@ -80,16 +75,6 @@ def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_me
 
 
 def test_return_agreement_checks_the_pairs_whose_outcomes_differ():
-    def ep(policy, seed, ret, fr, ra):
-        return {
-            "policy": policy,
-            "seed": seed,
-            "instance": None,
-            "return": ret,
-            "forget_rate": fr,
-            "retain_accuracy": ra,
-        }
-
     episodes = []
     for s in range(3):
         jitter = 0.01 * (s - 1)
