@@ -30,6 +30,8 @@ from unlearn_gym.metrics.fidelity import (
 )
 from unlearn_gym.metrics.table import SampleSet, fidelity_table, to_markdown
 
+pytestmark = pytest.mark.xdist_group("metrics")  # one worker builds the module fixtures once
+
 torch.set_num_threads(1)
 
 N = 150  # real images per class used by the metric tests

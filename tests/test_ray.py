@@ -14,6 +14,8 @@ from unlearn_gym.bench import EPISODE_LOG, BenchConfig, EpisodeRunner, policy_fr
 from unlearn_gym.cli import main
 from unlearn_gym.ray_backend import actor_slots, check_address
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs them all: one Ray cluster (module fixture)
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

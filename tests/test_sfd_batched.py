@@ -7,7 +7,7 @@ import torch
 
 import unlearn_gym  # noqa: F401  (registers the envs)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("sfd_batched")]  # module fixtures once
 
 # A 10-step SFD-v0 trajectory recorded with the one-run SFDEngine of commit 7d58021 (torch.optim.Adam
 # on modules), one CPU thread, on a fresh initialisation of the tiny preset (seed 0; no training, so

