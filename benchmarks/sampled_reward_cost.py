@@ -36,8 +36,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kwargs = dict(batch_size=args.batch_size, horizon=args.horizon, lr=args.lr, device=args.device)
-    env = gym.make("unlearn_gym/SISS-v0", max_episode_steps=args.horizon, **kwargs)
-    probe_env = gym.make("unlearn_gym/SISS-v0", max_episode_steps=args.horizon, reward="probe", **kwargs)
+    env = gym.make("unlearn_gym/SISS-v0", **kwargs)
+    probe_env = gym.make("unlearn_gym/SISS-v0", reward="probe", **kwargs)
     base = env.unwrapped
     rows = []
     for seed in range(args.episodes):

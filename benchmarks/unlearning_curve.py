@@ -92,7 +92,6 @@ def main() -> None:
             lr=lr,
             scale=scale,
             horizon=args.steps,
-            max_episode_steps=args.steps,
         )
         unet = env.unwrapped.engine.model()
         for seed in seeds:

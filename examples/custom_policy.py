@@ -11,6 +11,7 @@ high: more forget samples per batch) while the forget loss has not risen yet, an
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -39,11 +40,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label")
     parser.add_argument("--contaminated-samples", type=int, default=100, help="evaluation samples of label 1")
     parser.add_argument("--ddim-steps", type=int, default=10)
+    parser.add_argument(
+        "--env-kwargs",
+        default="{}",
+        help="other SISS-v0 keywords as JSON, e.g. '{\"sample_forget\": 16}' (a smaller sampled probe)",
+    )
     args = parser.parse_args(argv)
 
     mine = ForgetLossFeedback()
     policies = {mine.name: mine} | {spec: policy_from_spec(spec) for spec in ("static:0.5", "random", "vi-adaptive")}
     env_kwargs = {"checkpoint": args.checkpoint, "batch_size": args.batch_size, "horizon": args.horizon}
+    env_kwargs |= json.loads(args.env_kwargs)
     config = BenchConfig(
         env_kwargs=env_kwargs,
         seeds=tuple(range(args.seeds)),

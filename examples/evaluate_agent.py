@@ -19,7 +19,7 @@ from stable_baselines3.common.monitor import Monitor
 import unlearn_gym  # noqa: F401
 from unlearn_gym.agents import load_agent
 from unlearn_gym.assets import bundled_agent_dir
-from unlearn_gym.bench import BenchConfig, make_kwargs, run_benchmark
+from unlearn_gym.bench import BenchConfig, run_benchmark
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(agent, "trained at", env_kwargs)
 
     # 1. SB3's evaluation loop: returns only
-    env = Monitor(gym.make(agent.env_id, **make_kwargs(env_kwargs)))
+    env = Monitor(gym.make(agent.env_id, **env_kwargs))
     mean, std = evaluate_policy(agent, env, n_eval_episodes=args.episodes, deterministic=True)
     print(f"evaluate_policy: return {mean:.4f} ± {std:.4f} (std over {args.episodes} episodes)")
     env.close()

@@ -3,7 +3,8 @@
     python examples/static_lambda.py --lam 0.5 --steps 20
 
 Every step applies one SISS update to the bundled default DDPM (or ``--checkpoint DIR``) and
-prints what the env reports: the applied λ, the retain/forget loss estimates and the reward terms.
+prints what the env reports: the applied λ, the retain/forget loss estimates and the reward; at the
+end, the sampled reward's verdict on the unlearned model (forget rate, retain accuracy, damage).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> float:
         "unlearn_gym/SISS-v0",
         checkpoint=args.checkpoint,
         horizon=args.steps,
-        max_episode_steps=args.steps,
         batch_size=args.batch_size,
     )
     obs, info = env.reset(seed=args.seed)
@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> float:
         done = terminated or truncated
         print(
             f"step {info['step']:3d}  λ={info['lam']:.2f}  ℓ_r={info['loss_r']:8.2f}  ℓ_f={info['loss_f']:8.2f}  "
-            f"efficacy={info['efficacy']:+.4f}  degradation={info['degradation']:+.4f}  reward={reward:+.4f}"
+            f"reward={reward:+.4f}"
         )
+    # the sampled reward's verdict on the unlearned model, measured at the last step
+    print(
+        f"forget rate {info['sampled_forget_rate']:.3f}  retain accuracy {info['sampled_retain_accuracy']:.3f}  "
+        f"damage {info['sampled_damage']:.3f}  (on the probe's samples)"
+    )
     print(f"return {episode_return:+.4f}")
     env.close()
     return episode_return

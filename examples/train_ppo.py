@@ -12,6 +12,7 @@ does the same with zoo-style YAML hyperparameters, checkpoints, resume and an ex
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -33,12 +34,21 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--n-steps", type=int, default=128, help="PPO rollout length")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/ppo-example")
+    parser.add_argument(
+        "--env-kwargs",
+        default="{}",
+        help="other SISS-v0 keywords as JSON, e.g. '{\"sample_forget\": 16}' (a smaller sampled probe)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))  # SB3's MLP and the DDPM share the cores
 
     def make_env():
         env = gym.make(
-            "unlearn_gym/SISS-v0", checkpoint=args.checkpoint, batch_size=args.batch_size, horizon=args.horizon
+            "unlearn_gym/SISS-v0",
+            checkpoint=args.checkpoint,
+            batch_size=args.batch_size,
+            horizon=args.horizon,
+            **json.loads(args.env_kwargs),
         )
         return Monitor(env)  # records the true episode return before VecNormalize scales rewards
 

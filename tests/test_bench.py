@@ -10,13 +10,14 @@ from unlearn_gym.bench import (
     FIDELITY_METRICS,
     BenchConfig,
     EpisodeRunner,
+    add_outcome_scores,
     compare_with_reference,
     confidence_interval,
-    make_kwargs,
     paired_difference,
     policy_from_spec,
     return_agreement,
     run_benchmark,
+    spread_vs_reference,
     verdict,
     worst_class_drop,
 )
@@ -55,9 +56,18 @@ def test_paired_difference_and_verdicts_match_hand_computed_cases():
         paired_difference([1.0], [1.0, 2.0])
 
 
-def ep(policy, seed, ret, fr, ra):
-    """An episode record with the three summary metrics (the runner's keys)."""
-    return {"policy": policy, "seed": seed, "instance": None, "return": ret, "forget_rate": fr, "retain_accuracy": ra}
+def ep(policy, seed, ret, fr, ra, damage=0.0):
+    """An episode record with the summary metrics (the runner's keys; β = 1)."""
+    return {
+        "policy": policy,
+        "seed": seed,
+        "instance": None,
+        "return": ret,
+        "forget_rate": fr,
+        "retain_accuracy": ra,
+        "damage": damage,
+        "adjusted_forget_rate": fr + damage,
+    }
 
 
 def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_metric():
@@ -74,23 +84,74 @@ def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_me
     assert compare_with_reference(episodes, ["static:0.5", "p"], None) == {}
 
 
+def test_add_outcome_scores_matches_a_hand_computed_case():
+    pretrained = {
+        "forget_rate": 0.3,
+        "per_label": {"0": {"accuracy": 1.0}, "1": {"accuracy": 0.6}, "2": {"accuracy": 0.9}},
+    }
+    episodes = [
+        # K⁰ = (1.0, 0.6 + 0.3, 0.9), K = (0.9, 0.8 + 0.1, 0.9): δ = (0.1, 0, 0), D = ½(0.1 + 0.1/3) = 0.0666…
+        {"forget_rate": 0.1, "per_label_accuracy": {"0": 0.9, "1": 0.8, "2": 0.9}},
+        # every label better than pretrained: D < 0, D⁺ = 0
+        {"forget_rate": 0.0, "per_label_accuracy": {"2": 1.0, "0": 1.0, "1": 1.0}},
+        # label 1 broken into samples nobody recognises (F falls, K_1 falls alike): δ_1 = 0.3 − 0.0 + 0.6
+        {"forget_rate": 0.0, "per_label_accuracy": {"0": 1.0, "1": 0.0, "2": 0.9}},
+        {"forget_rate": None, "per_label_accuracy": {"0": 1.0, "1": 0.0, "2": 0.9}},  # not evaluated: untouched
+    ]
+    add_outcome_scores(episodes, pretrained, contaminated_label=1, beta=2.0)
+    assert episodes[0]["damage"] == pytest.approx(0.5 * (0.1 + 0.1 / 3))
+    assert episodes[0]["adjusted_forget_rate"] == pytest.approx(0.1 + 2.0 * 0.5 * (0.1 + 0.1 / 3))
+    assert episodes[1]["damage"] == 0.0 and episodes[1]["adjusted_forget_rate"] == 0.0
+    assert episodes[2]["damage"] == pytest.approx(0.5 * (0.9 + 0.9 / 3))
+    assert episodes[2]["adjusted_forget_rate"] == pytest.approx(2.0 * 0.6)  # breaking label 1 does not pay
+    assert "damage" not in episodes[3]
+
+
 def test_return_agreement_checks_the_pairs_whose_outcomes_differ():
     episodes = []
     for s in range(3):
         jitter = 0.01 * (s - 1)
         episodes += [
             ep("static", s, 0.30 + jitter, 0.05 + jitter, 0.90),  # the good unlearner, high return
-            ep("hack", s, 0.50 + jitter, 0.30 - jitter, 0.70 + jitter),  # worse outcome, higher return
+            ep("hack", s, 0.50 + jitter, 0.30 - jitter, 0.70 + jitter, damage=0.2),  # worse outcome, higher return
             ep("twin", s, 0.28 - jitter, 0.05 - jitter, 0.90 + jitter),  # the same outcome as static
+            # forget rate lower than static's by 0.03 but damage 0.10 more: worse at equal damage
+            ep("blunt", s, 0.40 + jitter, 0.02 + 0.5 * jitter, 0.85, damage=0.10 + jitter),
         ]
-    pairs = {(p["better"], p["worse"]): p for p in return_agreement(episodes, ["static", "hack", "twin"])}
-    # static and twin do not differ at 95%: no pair; each beats hack on both figures
-    assert set(pairs) == {("static", "hack"), ("twin", "hack")}
+    names = ["static", "hack", "twin", "blunt"]
+    pairs = {(p["better"], p["worse"]): p for p in return_agreement(episodes, names)}
+    # static and twin do not differ at 95%: no pair; each beats hack and blunt on F + β·D⁺
+    assert set(pairs) == {
+        ("static", "hack"),
+        ("twin", "hack"),
+        ("static", "blunt"),
+        ("twin", "blunt"),
+        ("blunt", "hack"),
+    }
     p = pairs[("static", "hack")]
+    assert p["adjusted_forget_rate"]["diff"] == pytest.approx(-0.45)
     assert p["forget_rate"]["diff"] == pytest.approx(-0.25) and p["retain_accuracy"]["diff"] == pytest.approx(0.20)
+    assert p["damage"]["diff"] == pytest.approx(-0.20)
     assert p["return"]["diff"] == pytest.approx(-0.20) and p["agrees"] is False  # the hacked return ranks it first
-    episodes = [dict(e, **{"return": -e["return"]}) if e["policy"] == "hack" else e for e in episodes]
-    assert all(p["agrees"] for p in return_agreement(episodes, ["static", "hack", "twin"]))
+    p = pairs[("static", "blunt")]
+    assert p["forget_rate"]["diff"] == pytest.approx(0.03) and p["adjusted_forget_rate"]["diff"] == pytest.approx(-0.07)
+    assert p["agrees"] is False
+    episodes = [dict(e, **{"return": -e["return"]}) if e["policy"] in ("hack", "blunt") else e for e in episodes]
+    assert all(p["agrees"] for p in return_agreement(episodes, names))
+    assert return_agreement([e for e in episodes if e["seed"] == 0], names) == []  # one pair each: no interval
+
+
+def test_spread_vs_reference_pairs_by_seed():
+    wild = [0.0, 0.4, 0.05, 0.5, 0.1, 0.45]  # a policy whose outcome depends on the seed
+    episodes = [ep("static:0.5", s, 0.3, 0.05 + 0.01 * (s % 2), 0.9) for s in range(6)]
+    episodes += [ep("random", s, 0.1, wild[s], 0.9) for s in reversed(range(6))]
+    episodes += [ep("twin", s, 0.3, 0.06 - 0.01 * (s % 2), 0.9) for s in range(6)]
+    out = spread_vs_reference(episodes, ["static:0.5", "random", "twin"], "static:0.5")
+    assert set(out) == {"random", "twin"}
+    assert out["random"]["sd"] == pytest.approx(np.std(wild, ddof=1)) and out["random"]["n"] == 6
+    assert out["random"]["p_value"] < 0.05 and out["random"]["ratio"] > 10
+    assert out["twin"]["ratio"] == pytest.approx(1.0) and out["twin"]["p_value"] > 0.05
+    assert spread_vs_reference(episodes, ["random"], "static:0.5") == {}
 
 
 def test_worst_class_drop_skips_the_contaminated_label():
@@ -118,8 +179,6 @@ def test_policy_specs():
         policy_from_spec("static:half")
     with pytest.raises(ValueError, match="bootstrap_reps must be >= 1, got 0"):
         BenchConfig(bootstrap_reps=0)
-    # a horizon beyond the registered 100 steps moves the TimeLimit with it
-    assert make_kwargs({"horizon": 150, "batch_size": 8}) == {"horizon": 150, "batch_size": 8, "max_episode_steps": 150}
 
 
 def _config(tiny_checkpoint, **kw):
@@ -155,7 +214,12 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
     assert a["summary"]["static:0.5"]["return"] == {"mean": mean, "ci95": half, "n": 2}
     assert 0.0 <= a["summary"]["random"]["forget_rate"]["mean"] <= 1.0
     # paired verdicts against static λ = 0.5, and the worst retain class of each policy
-    assert set(a["summary"]["random"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
+    assert set(a["summary"]["random"]["vs_reference"]) == {
+        "return",
+        "adjusted_forget_rate",
+        "forget_rate",
+        "retain_accuracy",
+    }
     assert "vs_reference" not in a["summary"]["static:0.5"]
     assert a["summary"]["random"]["worst_class"]["label"] != 1
 
@@ -181,18 +245,41 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
-    assert set(summary["pretrained"]) == {"forget_rate", "retain_accuracy", "per_label_accuracy"}
+    assert set(summary["pretrained"]) == {
+        "forget_rate",
+        "retain_accuracy",
+        "per_label_accuracy",
+        "damage",
+        "adjusted_forget_rate",
+    }
+    assert summary["pretrained"]["damage"] == 0.0
+    assert summary["pretrained"]["adjusted_forget_rate"] == summary["pretrained"]["forget_rate"]
     assert summary["pretrained"]["forget_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 samples of label 1
-    assert set(summary["static:0.5"]) == {"return", "forget_rate", "retain_accuracy", "worst_class", "iqm", "fidelity"}
-    assert set(summary["linear:0.9:0.1"]["vs_reference"]) == {"return", "forget_rate", "retain_accuracy"}
+    assert set(summary["static:0.5"]) == {
+        "return",
+        "forget_rate",
+        "retain_accuracy",
+        "damage",
+        "adjusted_forget_rate",
+        "worst_class",
+        "iqm",
+        "fidelity",
+    }
+    assert set(summary["linear:0.9:0.1"]["vs_reference"]) == {
+        "return",
+        "adjusted_forget_rate",
+        "forget_rate",
+        "retain_accuracy",
+    }
+    assert summary["linear:0.9:0.1"]["spread_vs_reference"]["n"] == 2  # the seeds, paired with static's
     # rliable's aggregates: IQM (of 2 episodes: their mean) and P(improvement over static:0.5), with intervals
     for name in ("static:0.5", "linear:0.9:0.1"):
-        assert set(summary[name]["iqm"]) == {"return", "forget_rate", "retain_accuracy"}
+        assert set(summary[name]["iqm"]) == {"return", "adjusted_forget_rate", "forget_rate", "retain_accuracy"}
         cell = summary[name]["iqm"]["return"]
         assert set(cell) == {"value", "ci_low", "ci_high"} and cell["ci_low"] <= cell["value"] <= cell["ci_high"]
         assert cell["value"] == pytest.approx(summary[name]["return"]["mean"])
     poi = summary["linear:0.9:0.1"]["prob_improvement"]
-    assert set(poi) == {"return", "forget_rate", "retain_accuracy"}
+    assert set(poi) == {"return", "adjusted_forget_rate", "forget_rate", "retain_accuracy"}
     assert all(0.0 <= c["ci_low"] <= c["value"] <= c["ci_high"] <= 1.0 for c in poi.values())
     for name in ("static:0.5", "linear:0.9:0.1"):
         row = summary[name]
@@ -202,7 +289,14 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     full = json.loads((tmp_path / "bench.json").read_text())
     returns = [e["return"] for e in full["episodes"] if e["policy"] == "static:0.5"]
     assert full["summary"]["static:0.5"]["iqm"]["return"]["value"] == pytest.approx(float(iqm(np.array(returns))))
-    assert set(full["summary"]["static:0.5"]["mean_bootstrap"]) == {"return", "forget_rate", "retain_accuracy"}
+    assert set(full["summary"]["static:0.5"]["mean_bootstrap"]) == {
+        "return",
+        "adjusted_forget_rate",
+        "forget_rate",
+        "retain_accuracy",
+    }
+    for e in full["episodes"]:  # β = 1: F + D⁺
+        assert e["adjusted_forget_rate"] == pytest.approx(e["forget_rate"] + e["damage"]) and e["damage"] >= 0.0
     assert (tmp_path / "episodes.jsonl").read_text().count("\n") == 1 + 4  # the header and each episode
     assert "| linear:0.9:0.1 | " in (tmp_path / "bench.md").read_text().split("IQM (mean of the middle 50%")[1]
     assert full["pretrained"]["samples_per_label"] == 2 and len(full["episodes"]) == 4
@@ -211,6 +305,8 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + 4
     assert "| static:0.5 | 2 |" in (tmp_path / "bench.md").read_text()
     assert "- linear:0.9:0.1: return " in (tmp_path / "bench.md").read_text()  # the verdict line
+    assert "Spread over the seeds (forget_rate" in (tmp_path / "bench.md").read_text()
+    assert "| damage D⁺ ↓ | F + 1·D⁺ ↓ |" in (tmp_path / "bench.md").read_text()
     # --metrics full: Table 1 over each policy's pooled samples, and the pretrained model
     assert set(full["fidelity"]["models"]) == {"pretrained", "static:0.5", "linear:0.9:0.1"}
     assert set(full["fidelity"]["models"]["static:0.5"]["per_class"]) == {str(y) for y in range(10)}  # Appendix B
@@ -344,7 +440,7 @@ def test_bench_killed_mid_run_resumes_to_the_uninterrupted_report(tiny_checkpoin
         "3",
     ]
     argv += ["--samples", "2", "--contaminated-samples", "3", "--ddim-steps", "2", "--device", "cpu"]
-    argv += ["--threads", "1", "--no-progress", "--json", "--bootstrap-reps", "200"]
+    argv += ["--threads", "1", "--workers", "1", "--no-progress", "--json", "--bootstrap-reps", "200"]  # one process
     killed = tmp_path / "killed"
     log = killed / "episodes.jsonl"
     proc = subprocess.Popen(
@@ -466,13 +562,14 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
     with pytest.raises(ValueError, match="episodes: expected 1 to 2 units, got 3"):
         runner.episodes(runs[:3])
     runner.close()
-    # at lr 3 the tiny model diverges: seed 1 at step 1, seed 2 at step 2; run 0 ends first and steps on
-    # (reset) while run 1 finishes, and each diverged model is evaluated before the vector env restores it
+    # at lr 3 the tiny model diverges: seed 1 at step 2, seed 2 at step 3 (the sampled reward reads no
+    # denoising probe before the last step, so the next update's losses show it); run 0 ends first and
+    # steps on (reset) while run 1 finishes, and each diverged model is evaluated before the vector env restores it
     diverging = dataclasses.replace(config, env_kwargs={**config.env_kwargs, "lr": 3.0, "horizon": 4})
     runner = EpisodeRunner({"static:0.5": policy_from_spec("static:0.5")}, diverging)
     units = [("static:0.5", 1, None), ("static:0.5", 2, None)]
     batched = runner.episodes(units)
-    assert [r["length"] for r, _, _ in batched] == [1, 2] and all(r["diverged"] for r, _, _ in batched)
+    assert [r["length"] for r, _, _ in batched] == [2, 3] and all(r["diverged"] for r, _, _ in batched)
     for unit, (record, ev, _) in zip(units, batched):
         want, want_ev, _ = runner.episode(*unit)
         assert json.dumps(_strip_seconds(record)) == json.dumps(_strip_seconds(want))  # NaN efficacy alike

@@ -5,6 +5,7 @@ from unlearn_gym.bench_stats import (
     interval_estimate,
     iqm,
     mean,
+    paired_spread,
     performance_profile,
     probability_of_improvement,
     probability_of_improvement_interval,
@@ -80,3 +81,28 @@ def test_performance_profile_hand_computed():
     # two strata count equally however many episodes each has: (1/2 + 1)/2 at τ = 1.5
     profile, low, high = performance_profile([[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]], np.array([1.5]), reps=200, rng=0)
     assert profile.tolist() == [0.75] and low[0] <= 0.75 <= high[0]
+
+
+def test_paired_spread_is_the_pitman_morgan_test():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=12)
+    y = 0.5 * x + rng.normal(scale=0.2, size=12)  # correlated with x, smaller spread
+    out = paired_spread(3.0 * x, y)
+    # the same t from the variance ratio F = s_x²/s_y² and the correlation r_xy of the pairs:
+    # t = (F − 1)·√(n − 2) / (2·√(F·(1 − r_xy²)))
+    a, b = 3.0 * x, y
+    f = a.var(ddof=1) / b.var(ddof=1)
+    r = np.corrcoef(a, b)[0, 1]
+    t = (f - 1.0) * np.sqrt(10) / (2.0 * np.sqrt(f * (1.0 - r * r)))
+    from scipy.stats import t as student_t
+
+    assert out.p_value == pytest.approx(2 * student_t.sf(abs(t), 10), rel=1e-9)
+    assert out.ratio == pytest.approx(a.std(ddof=1) / b.std(ddof=1)) and out.n == 12 and out.p_value < 0.001
+    # equal spread by construction (y a shifted copy of x): r(S, D) = 0, p = 1
+    same = paired_spread([1.0, 2.0, 4.0, 7.0], [11.0, 12.0, 14.0, 17.0])
+    assert same.ratio == 1.0 and same.p_value == pytest.approx(1.0)
+    # no spread in either: no test; NaN pairs are dropped
+    assert np.isnan(paired_spread([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]).p_value)
+    assert paired_spread([1.0, 2.0, float("nan"), 4.0], [1.0, 2.0, 3.0, 5.0]).n == 3
+    with pytest.raises(ValueError, match="expected equal lengths, got 2 and 3"):
+        paired_spread([1.0, 2.0], [1.0, 2.0, 3.0])

@@ -53,8 +53,10 @@ def test_bundled_ppo_agent_loads_and_acts_for_the_bench_settings():
 
     agent = load_agent(bundled_agent_dir())
     assert agent.algo == "ppo" and agent.env_id == "unlearn_gym/SISS-v0"
-    # the main job's settings, and the sampled reward (SISS-v0's default) named explicitly
-    assert agent.env_kwargs == {**BENCH_ENV_KWARGS, "reward": "sampled"} and agent.info["timesteps"] >= 20_000
+    # the main job's settings, and the sampled reward (SISS-v0's default) named explicitly, with the
+    # smoothness weight it was trained with (α = 0.01, then the default; now opt-in)
+    assert agent.env_kwargs == {**BENCH_ENV_KWARGS, "reward": "sampled", "alpha": 0.01}
+    assert agent.info["timesteps"] >= 20_000
     obs = np.zeros((3, 6), np.float32)
     obs[:, 4], obs[:, 5] = 0.5, [0.0, 0.5, 0.95]
     actions, _ = agent.predict(obs, deterministic=True)

@@ -1,3 +1,4 @@
+import math
 from dataclasses import fields
 
 import pytest
@@ -35,6 +36,33 @@ def test_update_changes_the_model_and_reports_every_statistic(engine):
     assert list(STAT_NAMES[-len(names) :]) == names
     assert stats.var_loss_r > 0 and stats.var_loss_f > 0 and stats.var_loss > 0
     assert 0 < stats.rel_var_loss_r <= 1 and 0 < stats.rel_var_loss_f <= 1
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+def test_an_update_without_the_probe_skips_only_the_probe(tiny_checkpoint, default_scenario, executor):
+    """``update(measure_probe=False)``: the probe statistics are NaN, every other statistic and the
+    weights are those of the same update with the probe (the probe draws no randomness)."""
+    unet, _ = load_model(tiny_checkpoint)
+    engines = []
+    for _ in range(2):
+        eng = UnlearningEngine(
+            unet, default_scenario.retain, default_scenario.forget, SISSConfig(batch_size=4), probe_size=2,
+            num_runs=2, executor=executor,
+        )  # fmt: skip
+        eng.seed([0, 1])
+        engines.append(eng)
+    for step in range(2):
+        measured, skipped = engines[0].update(0.5), engines[1].update(0.5, measure_probe=step == 1)
+        for a, b in zip(measured, skipped):
+            if step == 0:
+                assert math.isnan(b.probe_r) and math.isnan(b.probe_f) and not b.finite
+                assert b.finite_except(("probe_r", "probe_f"))
+            for name in STAT_NAMES:
+                if step == 1 or name not in ("probe_r", "probe_f"):
+                    assert getattr(a, name) == getattr(b, name), (step, name)
+    for i in range(2):
+        for p, q in zip(engines[0].model(i).parameters(), engines[1].model(i).parameters()):
+            assert torch.equal(p, q)
 
 
 def test_restore_is_in_place_and_complete(engine):

@@ -1,3 +1,4 @@
+import json
 import math
 import runpy
 from pathlib import Path
@@ -11,7 +12,7 @@ def test_static_lambda_example_runs(tiny_checkpoint, capsys, monkeypatch):
     module = runpy.run_path(str(EXAMPLES / "static_lambda.py"))
     ret = module["main"](["--steps", "2", "--checkpoint", str(tiny_checkpoint), "--batch-size", "4"])
     out = capsys.readouterr().out
-    assert out.count("step ") == 2 and "return" in out
+    assert out.count("step ") == 2 and "return" in out and "forget rate" in out
     assert math.isfinite(ret)
 
 
@@ -19,7 +20,14 @@ def test_train_ppo_example_writes_a_model_and_tensorboard_logs(tiny_checkpoint, 
     module = runpy.run_path(str(EXAMPLES / "train_ppo.py"))
     out = module["main"](
         ["--timesteps", "32", "--n-steps", "16", "--batch-size", "2", "--horizon", "4"]
-        + ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)]
+        + [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path),
+            "--env-kwargs",
+            json.dumps(SMALL_SAMPLED_PROBE),
+        ]
     )
     assert (out / "model.zip").is_file() and (out / "vecnormalize.pkl").is_file()
     assert list((out / "tb").rglob("events.out.tfevents.*"))
@@ -30,6 +38,7 @@ def test_custom_policy_example_benchmarks_against_the_baselines(tiny_checkpoint,
     result = module["main"](
         ["--seeds", "2", "--checkpoint", str(tiny_checkpoint), "--batch-size", "2", "--horizon", "2"]
         + ["--samples", "1", "--contaminated-samples", "2", "--ddim-steps", "1"]
+        + ["--env-kwargs", json.dumps(SMALL_SAMPLED_PROBE)]
     )
     assert list(result["summary"]) == ["forget-loss-feedback", "static:0.5", "random", "vi-adaptive"]
     lams = [e["lambdas"][0] for e in result["episodes"] if e["policy"] == "forget-loss-feedback"]

@@ -1,8 +1,10 @@
 """The sampled reward of SISS-v0: the classifier's verdict on a fixed probe of initial noises.
 
-r_t = −(F_t − F_{t'}) − β·(D⁺_t − D⁺_{t'}) at the steps that evaluate the probe, −α‖Δλ‖₁ at every
-step; the return telescopes to (F⁰ − F_T) − β·D⁺_T − α·Σ‖Δλ‖₁.
+r_t = −(F_t − F_{t'}) − β·(D⁺_t − D⁺_{t'}) at the steps that evaluate the probe (−α‖Δλ‖₁ at every
+step where α > 0; α = 0 by default); the return telescopes to (F⁰ − F_T) − β·D⁺_T − α·Σ‖Δλ‖₁.
 """
+
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -101,6 +103,67 @@ def test_sampled_reward_telescopes_to_the_outcome(make):
     assert max(0.0, again.damage(base._episode.outcome_ref)) == pytest.approx(damage)
 
 
+def test_smoothness_is_opt_in_under_the_sampled_reward(make):
+    """α = 0 by default with the sampled reward (a jittering λ leaves the model no worse), 0.01 with
+    the probe reward (its earlier default); an explicit α charges α·|λ_t − λ_{t−1}| at every step."""
+    from unlearn_gym.envs.siss_env import SISSEnvConfig
+
+    assert SISSEnvConfig().smoothness_weight == 0.0 and SISSEnvConfig(reward="probe").smoothness_weight == 0.01
+    assert SISSEnvConfig(reward="probe", alpha=0.0).smoothness_weight == 0.0
+    for alpha, expected in ((None, 0.0), (0.5, -0.25)):
+        env = make(horizon=3, **({} if alpha is None else {"alpha": alpha}))
+        env.reset(seed=0)
+        _, r, _, _, info = env.step(np.array([1.0], dtype=np.float32))  # λ = 1 after λ_{−1} = 0.5
+        assert r == pytest.approx(expected) and info["reward_smoothness"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="alpha must be >= 0, got -0.1"):
+        make(alpha=-0.1)
+
+
+def test_the_denoising_probe_is_measured_only_where_it_is_read(make, monkeypatch):
+    """Under the sampled reward alone the update skips the denoising-loss probe but at the episode's
+    last step (its final efficacy and degradation): the episode's observations, rewards and final
+    info equal those of the same env measuring it at every step; with probe shaping it measures it
+    at every step."""
+    from unlearn_gym.engine import UnlearningEngine
+
+    requested = []
+    update = UnlearningEngine.update
+
+    def spy(self, lam, forget_scale=1.0, measure_probe=True):
+        requested.append(measure_probe)
+        return update(self, lam, forget_scale, measure_probe)
+
+    monkeypatch.setattr(UnlearningEngine, "update", spy)
+
+    def rollout(env):
+        obs, _ = env.reset(seed=4)
+        out, infos = [obs], []
+        for t in range(3):
+            obs, r, _, trunc, info = env.step(np.array([0.3 * t - 0.2], dtype=np.float32))
+            out += [obs, r]
+            infos.append(info)
+        return out, infos[-1], infos
+
+    skipping = make(horizon=3)
+    (steps, last, infos), asked = rollout(skipping), list(requested)
+    assert asked == [False, False, True]
+    assert not {"efficacy", "degradation", "probe_r", "probe_f"} & set(infos[0])  # not measured: not reported
+    assert infos[0]["reward_efficacy_gain"] == 0.0 and not infos[0]["diverged"]
+    requested.clear()
+    always = make(horizon=3)
+    monkeypatch.setattr(always.unwrapped, "needs_probe", lambda ep, limit=None: True)
+    steps_always, last_always, _ = rollout(always)
+    assert requested == [True, True, True]
+    for a, b in zip(steps, steps_always):
+        np.testing.assert_array_equal(a, b)
+    for key in ("efficacy", "degradation", "sampled_forget_rate", "sampled_damage"):
+        assert last[key] == last_always[key] and np.isfinite(last[key])
+    requested.clear()
+    shaped = make(horizon=3, probe_shaping=0.5)
+    rollout(shaped)
+    assert requested == [True, True, True]
+
+
 def test_eval_every_evaluates_along_the_episode(make):
     env = make(horizon=4, eval_every=2, alpha=0.0)
     _, info = env.reset(seed=1)
@@ -195,7 +258,8 @@ def _constant_lambda_episode(env, lam: float, seed: int) -> dict:
         _, r, term, trunc, info = env.step(action)
         total += r
         done = term or trunc
-    beta, alpha = env.unwrapped.config.beta, env.unwrapped.config.alpha
+    probe_config = dataclasses.replace(env.unwrapped.config, reward="probe")
+    beta, alpha = probe_config.beta, probe_config.smoothness_weight  # what reward="probe" charges
     probe_return = info["efficacy"] - beta * max(0.0, info["degradation"]) - alpha * abs(lam - 0.5)
     return {
         "return": total,
@@ -210,7 +274,9 @@ def test_holding_lambda_near_one_does_not_outscore_static(one_thread):
     """Issue 19's hack on the bundled default: λ held at 1 (or 0.95) must not earn a higher mean
     return than static λ = 0.5 over the same seeds when its sampled outcome is worse. The probe
     reward paid λ near 1 the most for the same episodes (it raises the forget loss by damage)."""
-    env = gym.make("unlearn_gym/SISS-v0", device="cpu", batch_size=8, horizon=40, lr=3e-4)
+    env = gym.make(
+        "unlearn_gym/SISS-v0", device="cpu", batch_size=8, horizon=20, lr=6e-4, sample_forget=16, sample_retain=4
+    )  # a cheaper schedule and probe than the main job's (20 updates at twice the rate; 16 + 9·4 samples)
     seeds = (0, 1)
     runs = {lam: [_constant_lambda_episode(env, lam, s) for s in seeds] for lam in (0.5, 1.0, 0.95)}
     mean = {lam: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for lam, rows in runs.items()}

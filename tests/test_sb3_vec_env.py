@@ -33,11 +33,11 @@ def test_ppo_learns_on_four_batched_runs_with_vecnormalize(tiny_checkpoint):
 
     venv = VecNormalize(VecMonitor(make_sb3(tiny_checkpoint, 4, horizon=8)))
     venv.seed(0)
-    model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=2, seed=0, device="cpu")
+    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu")
     before = [p.detach().clone() for p in model.policy.parameters()]
-    model.learn(256)
-    assert model.num_timesteps == 256
-    assert len(model.ep_info_buffer) == 4 * 64 // 8  # every run's episodes, through VecMonitor
+    model.learn(128)
+    assert model.num_timesteps == 128
+    assert len(model.ep_info_buffer) == 4 * 32 // 8  # every run's episodes, through VecMonitor
     assert any(not torch.equal(p, q) for p, q in zip(model.policy.parameters(), before))
     venv.training = False
     mean, std = evaluate_policy(model, venv, n_eval_episodes=4, deterministic=True)

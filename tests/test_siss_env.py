@@ -19,10 +19,18 @@ def make(tiny_checkpoint):
     return _make
 
 
+def _wrappers(env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
+
+
 def test_both_ids_make_the_env(tiny_checkpoint):
     for env_id in ("unlearn_gym/SISS-v0", "unlearn_gym:SISS-v0"):
         env = gym.make(env_id, checkpoint=str(tiny_checkpoint), **KW)
-        assert env.spec.max_episode_steps == 100
+        # the episode budget is the env's horizon alone: no TimeLimit to keep in step with it
+        assert env.spec.max_episode_steps is None and env.unwrapped.config.horizon == 100
+        assert not any(isinstance(w, gym.wrappers.TimeLimit) for w in _wrappers(env))
         assert env.action_space.shape == (1,) and env.observation_space.shape == (6,)
         env.close()
 

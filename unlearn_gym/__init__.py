@@ -39,8 +39,7 @@ def _register() -> None:
                     id=env_id,
                     entry_point=entry_point,
                     vector_entry_point=_VECTOR_ENVS.get(name),
-                    max_episode_steps=100,
-                )
+                )  # no max_episode_steps: the episode budget is the env's ``horizon`` (it truncates itself)
 
 
 _register()

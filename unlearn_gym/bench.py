@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .env_kwargs import make_kwargs
 from .policy_specs import policy_from_spec, policy_name  # the registry sits above baselines/ and agents/
 
 if TYPE_CHECKING:
@@ -50,16 +49,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCH_ENV_KWARGS",
+    "BENCH_SEEDS",
     "DEFAULT_POLICIES",
     "BenchConfig",
     "EPISODE_LOG",
-    "make_kwargs",
     "confidence_interval",
     "aggregate_statistics",
     "policy_from_spec",
     "policy_name",
     "read_episode_log",
+    "add_outcome_scores",
     "return_agreement",
+    "spread_vs_reference",
     "run_benchmark",
     "write_report",
     "SUMMARY_METRICS",
@@ -90,6 +91,12 @@ BENCH_ENV_KWARGS = {"batch_size": 16, "horizon": 100, "lr": 1.5e-4}
 accuracy unchanged (the measured curve: ``docs/results.md`` §2), and fit 4 policies × 10 seeds into
 10 minutes on a 2-core CPU with 2 workers. The bundled PPO agent was trained at these settings."""
 
+BENCH_SEEDS = 8
+"""The main job's seeds, 0..7: the fewest at which every policy whose spread over the seeds is not
+its own (static λ = 0.5, VI-adaptive, the bundled PPO agent) has a 95% forget-rate half-width of at
+most 0.05 (their standard deviations over 10 seeds: 0.039, 0.046, 0.055; ``docs/results.md`` §14).
+Random λ's spread is its own (its half-width is 0.13 at 8 seeds and would need about 40)."""
+
 DEFAULT_POLICIES = ("static:0.5", "vi-adaptive", "random", "ppo")
 """The main job's policies: SISS's fixed λ, Algorithm 2, uniform random λ, the bundled PPO agent."""
 
@@ -98,6 +105,8 @@ SUMMARY_METRICS = (
     "forget_rate",
     "retain_accuracy",
     "contaminated_label_accuracy",
+    "damage",
+    "adjusted_forget_rate",
     "unlearning_accuracy",
     "remaining_accuracy",
     "retain_fid_retrained",
@@ -131,7 +140,7 @@ class BenchConfig:
     env_id: str = "unlearn_gym/SISS-v0"
     env_kwargs: dict = field(default_factory=lambda: dict(BENCH_ENV_KWARGS))
     """Keywords of ``gymnasium.make`` (checkpoint, device, batch_size, horizon, ...)."""
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seeds: tuple[int, ...] = tuple(range(BENCH_SEEDS))
     instances: tuple[int | None, ...] = (None,)
     """``reset(options={"instance": i})`` values (None: the whole forget set)."""
     samples_per_label: int = 20
@@ -405,6 +414,14 @@ def run_benchmark(
     for index in sorted(pooled):
         _pool_samples(samples, runs[index][0], *pooled[index])
     scen = {"contaminated_label": runner.contaminated_label}
+    if pretrained is not None and runner.contaminated_label is not None:
+        add_outcome_scores(episodes, pretrained, runner.contaminated_label, base.config.beta)
+        for row in (pretrained, retrained):  # the reference rows, scored alike (the pretrained: D⁺ = 0)
+            if row is not None:
+                scored = {"forget_rate": row["forget_rate"]}
+                scored["per_label_accuracy"] = {y: r["accuracy"] for y, r in row["per_label"].items()}
+                add_outcome_scores([scored], pretrained, runner.contaminated_label, base.config.beta)
+                row |= {k: scored[k] for k in ("damage", "adjusted_forget_rate") if k in scored}
 
     summary = {}
     for name in policies:
@@ -427,6 +444,8 @@ def run_benchmark(
     verdicts = compare_with_reference(episodes, list(policies), config.reference)
     for name, verdict in verdicts.items():
         summary[name]["vs_reference"] = verdict
+    for name, spread in spread_vs_reference(episodes, list(policies), config.reference).items():
+        summary[name]["spread_vs_reference"] = spread
     agreement = return_agreement(episodes, list(policies)) if evaluate is not None else []
     for name, stats in aggregate_statistics(episodes, list(policies), config).items():
         summary[name] |= stats
@@ -436,6 +455,7 @@ def run_benchmark(
             **asdict(config),
             "policies": list(policies),
             "device": str(base.device),
+            "beta": float(base.config.beta),
             "sampler": getattr(base, "sampler", None) or {"kind": "ddim"},
         },
         "pretrained": pretrained,
@@ -531,7 +551,7 @@ class EpisodeRunner:
         from .models.checkpoint import load_model_config
 
         self.policies, self.config, self.record = policies, config, record
-        self.env = gym.make(config.env_id, **make_kwargs(config.env_kwargs))
+        self.env = gym.make(config.env_id, **config.env_kwargs)
         self.vec = None
         """The batched vector env of :meth:`episodes` (made at its first call)."""
         batched = gym.spec(config.env_id).vector_entry_point is not None
@@ -806,13 +826,12 @@ class EpisodeRunner:
         if self.vec is None:
             import gymnasium as gym
 
-            kwargs = make_kwargs(self.config.env_kwargs)
             self.vec = gym.make_vec(
                 self.config.env_id,
                 num_envs=self.num_envs,
                 vectorization_mode="vector_entry_point",
                 executor=self.config.executor,
-                **kwargs,
+                **self.config.env_kwargs,
             )
         return self.vec
 
@@ -1172,7 +1191,7 @@ class _EpisodeLog:
 
 # -- comparisons ----------------------------------------------------------------------------------
 
-VERDICT_METRICS = {"return": +1, "forget_rate": -1, "retain_accuracy": +1}
+VERDICT_METRICS = {"return": +1, "adjusted_forget_rate": -1, "forget_rate": -1, "retain_accuracy": +1}
 """Metrics with a verdict against the reference, and the sign of "better" (+1: higher is better)."""
 
 FIDELITY_METRICS = {
@@ -1240,42 +1259,109 @@ def compare_with_reference(
     return out
 
 
+SPREAD_METRIC = "forget_rate"
+"""The metric whose spread over the seeds :func:`spread_vs_reference` compares with the reference's."""
+
+
+def spread_vs_reference(
+    episodes: list[dict], names: list[str], reference: str | None, metric: str = SPREAD_METRIC
+) -> dict[str, dict]:
+    """policy → :class:`~unlearn_gym.bench_stats.PairedSpread` (as a dict) of ``metric`` against
+    ``reference``, paired over the (seed, instance) episodes both ran; {} without the reference.
+
+    A policy whose values vary over the seeds more than the reference's at 95% has a spread of its
+    own (a random λ, an agent whose outcome depends on the seed): its interval narrows with more
+    seeds, not with a finer evaluation.
+    """
+    from .bench_stats import paired_spread
+
+    if reference is None or reference not in names:
+        return {}
+    key = lambda e: (e["seed"], e["instance"])  # noqa: E731
+    ref = {key(e): e.get(metric) for e in episodes if e["policy"] == reference}
+    out = {}
+    for name in names:
+        if name == reference:
+            continue
+        pairs = [(e.get(metric), ref.get(key(e))) for e in episodes if e["policy"] == name and key(e) in ref]
+        pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+        if pairs:
+            out[name] = paired_spread([p[0] for p in pairs], [p[1] for p in pairs]).as_dict()
+    return out
+
+
+def add_outcome_scores(episodes: list[dict], pretrained: dict, contaminated_label: int, beta: float) -> None:
+    """Add each evaluated episode's sampled damage and damage-adjusted forget rate, in place.
+
+    From the bench's evaluation of the unlearned model (its forget rate F and per-label accuracies
+    A_c) against the pretrained model's evaluation under the same noises (⁰), as the env's sampled
+    reward measures them on its smaller probe (:meth:`~unlearn_gym.metrics.forget.SampledOutcome.damage`):
+
+    - ``damage`` = D⁺ = max(0, ½·(max_c δ_c + mean_c δ_c)), δ_c = K_c⁰ − K_c, K_c = A_c (for the
+      contaminated label A + F);
+    - ``adjusted_forget_rate`` = F + β·D⁺: the forget rate with the damage charged at the env's
+      exchange rate β, lower is better. The sampled return estimates F⁰ − (F + β·D⁺) (at α = 0),
+      so this is the outcome the return should rank by.
+
+    Episodes without an evaluation (or without a forget rate) are left as they are.
+    """
+    from .metrics.forget import SampledOutcome
+
+    labels = sorted(pretrained["per_label"], key=int)
+    reference = SampledOutcome(
+        float(pretrained["forget_rate"]),
+        np.array([pretrained["per_label"][y]["accuracy"] for y in labels], dtype=np.float64),
+        int(contaminated_label),
+    )
+    for e in episodes:
+        if "per_label_accuracy" not in e or e.get("forget_rate") is None or not np.isfinite(e["forget_rate"]):
+            continue
+        outcome = SampledOutcome(
+            float(e["forget_rate"]),
+            np.array([e["per_label_accuracy"][y] for y in labels], dtype=np.float64),
+            int(contaminated_label),
+        )
+        e["damage"] = max(0.0, outcome.damage(reference))
+        e["adjusted_forget_rate"] = e["forget_rate"] + float(beta) * e["damage"]
+
+
 def return_agreement(episodes: list[dict], names: list[str]) -> list[dict]:
     """Whether the return ranks the policies as their sampled outcomes do, pair by pair.
 
-    For each pair (a, b) of policies, paired over the (seed, instance) episodes both ran: a's
-    outcome is better than b's at 95% when its forget rate is lower (the paired interval excludes
-    0) and its retain accuracy is not worse, or its retain accuracy is higher and its forget rate
-    not worse. For each such pair: ``agrees`` = a's mean return is higher than b's.
+    The outcome is the damage-adjusted forget rate F + β·D⁺ of the bench's evaluation
+    (:func:`add_outcome_scores`): the forget rate at equal retain damage, with damage charged at the
+    env's own exchange rate β. For each pair (a, b) of policies, paired over the (seed, instance)
+    episodes both ran: a's outcome is better than b's at 95% when the paired interval of its
+    adjusted forget rate minus b's lies below 0. For each such pair: ``agrees`` = a's mean return is
+    higher than b's. (The return comes from the env's own probe, fixed at reset and smaller; the
+    outcome from the bench's independent evaluation samples.)
 
     Returns:
-        One ``{"better", "worse", "forget_rate", "retain_accuracy", "return", "agrees"}`` per pair
-        whose outcomes differ (the three paired differences better − worse as {diff, ci95}).
+        One ``{"better", "worse", "adjusted_forget_rate", "forget_rate", "retain_accuracy", "damage",
+        "return", "agrees"}`` per pair whose outcomes differ (each paired difference better − worse as
+        {diff, ci95}).
     """
     key = lambda e: (e["seed"], e["instance"])  # noqa: E731
     by_name = {n: {key(e): e for e in episodes if e["policy"] == n} for n in names}
+    metrics = ("adjusted_forget_rate", "forget_rate", "retain_accuracy", "damage", "return")
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             common = [k for k in by_name[a] if k in by_name[b]]
             cells = {}
-            for metric in ("forget_rate", "retain_accuracy", "return"):
+            for metric in metrics:
                 pairs = [(by_name[a][k].get(metric), by_name[b][k].get(metric)) for k in common]
                 pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
                 if len(pairs) < 2:
                     break
                 diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
                 cells[metric] = {"diff": diff, "ci95": half}
-            if len(cells) < 3:
+            if len(cells) < len(metrics):
                 continue
-            f = verdict(cells["forget_rate"]["diff"], cells["forget_rate"]["ci95"], False)
-            r = verdict(cells["retain_accuracy"]["diff"], cells["retain_accuracy"]["ci95"], True)
-            if (f == "better" and r != "worse") or (r == "better" and f != "worse"):
-                better, worse, sign = a, b, 1.0
-            elif (f == "worse" and r != "better") or (r == "worse" and f != "better"):
-                better, worse, sign = b, a, -1.0
-            else:
+            outcome = verdict(cells["adjusted_forget_rate"]["diff"], cells["adjusted_forget_rate"]["ci95"], False)
+            if outcome == "indistinguishable":
                 continue
+            better, worse, sign = (a, b, 1.0) if outcome == "better" else (b, a, -1.0)
             flipped = {m: {"diff": sign * c["diff"], "ci95": c["ci95"]} for m, c in cells.items()}
             out.append({"better": better, "worse": worse, **flipped, "agrees": flipped["return"]["diff"] > 0})
     return out
@@ -1373,6 +1459,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     )
     lines.append("")
     columns = [("forget_rate ↓", "forget_rate"), ("retain_accuracy ↑", "retain_accuracy")]
+    if any("adjusted_forget_rate" in row for row in result["summary"].values()):
+        columns += [("damage D⁺ ↓", "damage"), (f"F + {s.get('beta', 1.0):g}·D⁺ ↓", "adjusted_forget_rate")]
     if any("unlearning_accuracy" in row for row in result["summary"].values()):
         columns += [("unlearning_accuracy ↑", "unlearning_accuracy"), ("remaining_accuracy ↑", "remaining_accuracy")]
     if result.get("retrained"):
@@ -1405,19 +1493,34 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         for n, v in verdicts.items():
             parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
             lines.append(f"- {n}: " + "; ".join(parts))
+    spreads = {n: row["spread_vs_reference"] for n, row in result["summary"].items() if row.get("spread_vs_reference")}
+    if spreads:
+        lines += [
+            "",
+            f"Spread over the seeds ({SPREAD_METRIC}: standard deviation; Pitman–Morgan test of paired variances "
+            f"against {s.get('reference')}'s on the same seeds):",
+            "",
+        ]
+        for n, sp in spreads.items():
+            line = f"- {n}: {sp['sd']:.3f} ({s.get('reference')}: {sp['reference_sd']:.3f}), ratio {sp['ratio']:.2f}"
+            line += f", p {sp['p_value']:.3f}" if np.isfinite(sp["p_value"]) else ""
+            if np.isfinite(sp["p_value"]) and sp["p_value"] < 0.05 and sp["ratio"] > 1:
+                line += " — larger at 95%: the policy's own spread (its interval narrows with more seeds, not samples)"
+            lines.append(line)
     agreement = result.get("return_agreement")
     if agreement is not None and len(result["summary"]) > 1:
         agree = sum(p["agrees"] for p in agreement)
+        beta = s.get("beta", 1.0)
         lines += [
             "",
-            f"Return against outcome: {len(agreement)} pair(s) of policies differ in sampled outcome at 95% "
-            "(forget rate lower and retain accuracy not worse, or retain accuracy higher and forget rate not "
-            f"worse; paired over equal seeds); the return ranks {agree} of them the same way.",
+            f"Return against outcome: {len(agreement)} pair(s) of policies differ at 95% in the damage-adjusted "
+            f"forget rate F + β·D⁺ (β = {beta:g}; paired over equal seeds); the return ranks {agree} of them "
+            "the same way.",
         ]
         lines += [""] * bool(agreement) + [
-            f"- {p['better']} over {p['worse']}: forget_rate {p['forget_rate']['diff']:+.3f} ± "
-            f"{p['forget_rate']['ci95']:.3f}, retain_accuracy {p['retain_accuracy']['diff']:+.3f} ± "
-            f"{p['retain_accuracy']['ci95']:.3f}, return {p['return']['diff']:+.3f} ± {p['return']['ci95']:.3f}"
+            f"- {p['better']} over {p['worse']}: F + β·D⁺ {_pair_cell(p, 'adjusted_forget_rate')} "
+            f"(forget_rate {_pair_cell(p, 'forget_rate')}, damage {_pair_cell(p, 'damage')}, retain_accuracy "
+            f"{_pair_cell(p, 'retain_accuracy')}), return {_pair_cell(p, 'return')}"
             + ("" if p["agrees"] else " — the return ranks them the other way")
             for p in agreement
         ]
@@ -1439,6 +1542,10 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         if any("fidelity" in row for row in result["summary"].values()):
             lines += ["", _fidelity_episodes_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def _pair_cell(pair: dict, metric: str) -> str:
+    return f"{pair[metric]['diff']:+.3f} ± {pair[metric]['ci95']:.3f}"
 
 
 def _fidelity_episodes_markdown(result: dict) -> str:
@@ -1569,9 +1676,9 @@ def _robustness_markdown(result: dict) -> str:
 
 
 def json_summary(result: dict) -> dict:
-    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy} →
-    {mean, ci95, n}, with ``vs_reference`` (metric → verdict), ``worst_class``, ``iqm`` and
-    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
+    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy, damage,
+    adjusted_forget_rate} → {mean, ci95, n}, with ``vs_reference`` (metric → verdict),
+    ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
     per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
     ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
     {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset, and ``retrained``
@@ -1585,15 +1692,30 @@ def json_summary(result: dict) -> dict:
                 "forget_rate": _finite(ref["forget_rate"]),
                 "retain_accuracy": _finite(ref["retain_accuracy"]),
                 "per_label_accuracy": {y: row["accuracy"] for y, row in ref["per_label"].items()},
-            } | {k: _finite(ref[k]) for k in ("retain_fid_retrained", "retain_kid_retrained") if k in ref}
+            } | {
+                k: _finite(ref[k])
+                for k in ("damage", "adjusted_forget_rate", "retain_fid_retrained", "retain_kid_retrained")
+                if k in ref
+            }
     for name, row in result["summary"].items():
         out[name] = {
             k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
-            for k in ("return", "forget_rate", "retain_accuracy", "retain_fid_retrained", "retain_kid_retrained")
+            for k in (
+                "return",
+                "forget_rate",
+                "retain_accuracy",
+                "damage",
+                "adjusted_forget_rate",
+                "retain_fid_retrained",
+                "retain_kid_retrained",
+            )
             if k in row
         }
         if row.get("vs_reference"):
             out[name]["vs_reference"] = {m: c["verdict"] for m, c in row["vs_reference"].items()}
+        if row.get("spread_vs_reference"):
+            spread = row["spread_vs_reference"]
+            out[name]["spread_vs_reference"] = {k: v if k == "n" else _finite(v) for k, v in spread.items()}
         if row.get("worst_class"):
             out[name]["worst_class"] = row["worst_class"]
         for key in ("iqm", "prob_improvement"):

@@ -15,6 +15,8 @@ instance there is one stratum). Definitions:
   the strata that both X and Y have. For a metric where lower is better, improvement is X < Y.
   Its interval resamples X and Y independently within each stratum (rliable's
   ``StratifiedIndependentBootstrap``).
+- **Paired spread** (:func:`paired_spread`): whether a policy's values vary more over the seeds
+  than a reference policy's on the same seeds (Pitman–Morgan test of two paired variances).
 - **Performance profile**: the fraction of episodes whose score exceeds τ (lower is better: falls
   below τ), per stratum, averaged over the strata, as a function of τ.
 
@@ -37,6 +39,8 @@ __all__ = [
     "probability_of_improvement",
     "probability_of_improvement_interval",
     "performance_profile",
+    "PairedSpread",
+    "paired_spread",
 ]
 
 Strata = Sequence[Sequence[float] | np.ndarray]
@@ -215,3 +219,57 @@ def performance_profile(
     alpha = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(draws, [alpha, 100.0 - alpha], axis=0)
     return profile, low, high
+
+
+@dataclass(frozen=True)
+class PairedSpread:
+    """How the spread of one policy's values over the seeds compares with a reference policy's on
+    the same seeds: the Pitman–Morgan test for the equality of two paired variances."""
+
+    sd: float
+    """s_x: the sample standard deviation (ddof 1) of the policy's values."""
+    reference_sd: float
+    """s_y: the reference's, over the same (seed, instance) pairs."""
+    ratio: float
+    """s_x/s_y (inf where s_y = 0 < s_x, NaN where both are 0)."""
+    p_value: float
+    """Two-sided p of H₀: Var(X) = Var(Y) (NaN for fewer than 3 pairs or no spread in either)."""
+    n: int
+    """Pairs."""
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def paired_spread(x: Sequence[float], y: Sequence[float]) -> PairedSpread:
+    """Pitman–Morgan test (Pitman 1939, Morgan 1939) of Var(X) = Var(Y) for paired samples.
+
+    For pairs (x_i, y_i), Var(X) = Var(Y) exactly when the sums S = X + Y and differences
+    D = X − Y are uncorrelated (Cov(S, D) = Var(X) − Var(Y)); so with r the sample correlation of
+    S and D, t = r·√(n − 2)/√(1 − r²) follows Student's t with n − 2 degrees of freedom under H₀
+    (bivariate normal pairs). Non-finite pairs are dropped first.
+    """
+    from scipy.stats import t as student_t
+
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_spread: expected equal lengths, got {len(a)} and {len(b)}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = len(a)
+    nan = float("nan")
+    if n < 2:
+        return PairedSpread(nan, nan, nan, nan, n)
+    sx, sy = float(a.std(ddof=1)), float(b.std(ddof=1))
+    ratio = sx / sy if sy > 0 else (float("inf") if sx > 0 else nan)
+    s, d = a + b, a - b
+    if n < 3 or (sx == 0 and sy == 0):
+        return PairedSpread(sx, sy, ratio, nan, n)
+    if s.std() == 0 or d.std() == 0:  # Y = c ± X: the variances are equal exactly
+        return PairedSpread(sx, sy, ratio, 1.0, n)
+    r = float(np.clip(np.corrcoef(s, d)[0, 1], -1.0, 1.0))
+    if abs(r) == 1.0:
+        return PairedSpread(sx, sy, ratio, 0.0, n)
+    t = r * np.sqrt(n - 2) / np.sqrt(1.0 - r * r)
+    return PairedSpread(sx, sy, ratio, float(2.0 * student_t.sf(abs(t), n - 2)), n)

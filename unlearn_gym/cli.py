@@ -426,7 +426,6 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
     env = gym.make(
         "unlearn_gym/SISS-v0",
-        max_episode_steps=args.steps,
         checkpoint=str(checkpoint),
         horizon=args.steps,
         batch_size=args.batch_size,
@@ -508,8 +507,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
-    if args.env_device:
-        env_kwargs["device"] = args.env_device
+    if args.device != "auto":  # the diffusion model's device (the env's own default is "auto")
+        env_kwargs["device"] = args.device
     try:
         result = train_agent(
             args.algo,
@@ -520,7 +519,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             env_kwargs=env_kwargs,
             hyperparams_file=args.hyperparams_file,
             overrides=_json_arg(args.hyperparams, "--hyperparams"),
-            device=args.device,
+            device=args.agent_device,
             tensorboard=not args.no_tensorboard,
             progress_bar=not args.no_progress,
             checkpoint_freq=args.checkpoint_freq,
@@ -570,6 +569,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import (
         BENCH_ENV_KWARGS,
+        BENCH_SEEDS,
         EPISODE_LOG,
         BenchConfig,
         json_summary,
@@ -591,7 +591,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
     env_kwargs["device"] = _resolve_device(args.device)
-    seeds = tuple(range(args.seeds)) if args.seed_list is None else tuple(args.seed_list)
+    seeds = tuple(range(args.seeds or BENCH_SEEDS)) if args.seed_list is None else tuple(args.seed_list)
     instances = (None,) if not args.instances else tuple(range(args.instances))
     specs = [s.strip() for s in args.policies.split(",") if s.strip()]
     policies = {}
@@ -690,6 +690,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     if args.checkpoint:
         env_kwargs["checkpoint"] = str(Path(args.checkpoint).resolve())  # trials run in folders of their own
+    if args.device != "auto":  # the diffusion model's device
+        env_kwargs["device"] = args.device
     try:
         config = SweepConfig(
             algos=tuple(a.strip() for a in args.algos.split(",") if a.strip()),
@@ -699,7 +701,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             env_kwargs=env_kwargs,
             timesteps=args.timesteps,
             eval_episodes=args.eval_episodes,
-            device=args.device,
+            device=args.agent_device,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
             ray_address=args.address,
@@ -771,13 +773,55 @@ def cmd_perf(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """The options several commands share, each declared once with one default (argparse parents)."""
+
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    device, threads, progress, json_out, model, env = (parent() for _ in range(6))
+    device.add_argument(
+        "--device", default="auto", help="the diffusion model's device: cpu, cuda, cuda:N or auto (CUDA where present)"
+    )
+    threads.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; set it when SB3 and torch share cores)",
+    )
+    progress.add_argument("--no-progress", action="store_true", help="no progress bars")
+    json_out.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)"
+    )
+    model.add_argument(
+        "--checkpoint", default=None, help="the pretrained model directory (default: the bundled default model)"
+    )
+    model.add_argument(
+        "--classifier",
+        default=None,
+        help="the evaluation classifier directory (default: CHECKPOINT/classifier or bundled)",
+    )
+    env.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
+    env.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
+    env.add_argument(
+        "--checkpoint", default=None, help="the env's pretrained model directory (default: the bundled default model)"
+    )
+    return {"device": device, "threads": threads, "progress": progress, "json": json_out, "model": model, "env": env}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn-gym", description="Machine unlearning of diffusion models as Gymnasium environments."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    shared = _shared_options()
 
-    p = sub.add_parser("pretrain", help="pretrain a class-conditional DDPM on a scenario (resumable)")
+    def command(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
+
+    p = command(
+        "pretrain", "pretrain a class-conditional DDPM on a scenario (resumable)", "device", "threads", "progress"
+    )
     _add_scenario_args(p)
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
     p.add_argument("--steps", type=int, default=8000)
@@ -787,7 +831,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a train state")
     p.add_argument(
@@ -795,29 +838,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on the retain set alone (never the forget set): the retrained, exact-unlearning reference",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("train-classifier", help="train the evaluation classifier on a scenario")
+    p = command("train-classifier", "train the evaluation classifier on a scenario", "threads", "progress")
     _add_scenario_args(p)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("evaluate", help="sample a model and report forget rate and retain accuracy")
-    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled default model)")
-    p.add_argument(
-        "--classifier", default=None, help="classifier directory (default: CHECKPOINT/classifier or bundled)"
-    )
+    p = command(
+        "evaluate",
+        "sample a model and report forget rate and retain accuracy",
+        "model", "device", "threads", "progress", "json",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=200, help="samples per label")
     p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=125, help="images per UNet call while sampling")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/evaluate", help="folder for samples.png and evaluation.json")
     p.add_argument(
         "--metrics",
@@ -835,9 +873,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inception-weights", default=None, help="InceptionV3 weights file (default: torch.hub's checkpoints)"
     )
-    p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     _add_robustness_args(p, "--metrics robustness")
     p.add_argument(
         "--pretrained",
@@ -847,30 +882,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("unlearn", help="run a λ-policy through SISS-v0 and evaluate before and after")
+    p = command(
+        "unlearn",
+        "run a λ-policy through SISS-v0 and evaluate before and after",
+        "model", "device", "threads", "progress", "json",
+    )  # fmt: skip
     p.add_argument("--policy", default="static:0.5", help="static:LAMBDA")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled default model)")
-    p.add_argument("--classifier", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0, help="env seed (batches, probe)")
     p.add_argument("--samples", type=int, default=200, help="evaluation samples per label")
     p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--eval-seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/unlearn")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_unlearn)
 
-    p = sub.add_parser("train", help="train an RL agent (ppo, sac, td3, ddpg, mcpg) on a registered env")
+    p = command(
+        "train",
+        "train an RL agent (ppo, sac, td3, ddpg, mcpg) on a registered env",
+        "env", "device", "threads", "progress", "json",
+    )  # fmt: skip
     p.add_argument("--algo", required=True, choices=["ppo", "sac", "td3", "ddpg", "mcpg"])
-    p.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
-    p.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
-    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
-    p.add_argument("--env-device", default=None, help="the diffusion model's device (default: the env's 'auto')")
     p.add_argument("--timesteps", type=int, default=2048, help="env steps to train in all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory (agent/, model.zip, checkpoints/, tb/)")
@@ -887,30 +920,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on N runs batched in one engine (gymnasium.make_vec; SB3 algorithms through the SB3 adapter, MCPG "
         "collecting N episodes at a time) instead of n_envs copies",
     )
-    p.add_argument("--device", default="cpu", help="the agent networks' device (SB3 MLPs are fastest on the CPU)")
-    p.add_argument("--no-tensorboard", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--verbose", type=int, default=0)
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (set it when SB3 and torch share cores)"
+        "--agent-device", default="cpu", help="the agent networks' device (SB3's MLPs are fastest on the CPU)"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--verbose", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
+    p = command(
         "bench",
-        help="benchmark λ-policies and agents on equal seeds (no arguments: the main job on the embedded default)",
-    )
+        "benchmark λ-policies and agents on equal seeds (no arguments: the main job on the embedded default)",
+        "env", "device", "threads", "progress", "json",
+    )  # fmt: skip
     p.add_argument(
         "--policies",
         default="static:0.5,vi-adaptive,random,ppo",
         help="comma-separated: static:L, random, linear:A:B, cosine:A:B, vi-adaptive, vi-variance, ppo (bundled), agent:DIR",
     )
-    p.add_argument("--env", default="unlearn_gym/SISS-v0")
-    p.add_argument(
-        "--env-kwargs", default=None, help="JSON keywords of gymnasium.make (over the main job's BENCH_ENV_KWARGS)"
-    )
-    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
     p.add_argument("--horizon", type=int, default=None, help="T (default: the main job's, see BENCH_ENV_KWARGS)")
     p.add_argument("--batch-size", type=int, default=None, help="B of each update (default: the main job's)")
     p.add_argument("--lr", type=float, default=None, help="the unlearning learning rate (default: the main job's)")
@@ -920,7 +946,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["mixture", "forget-strength", "both"],
         help="the track: policies choose the mixture λ (default) or the forget strength S = λ·max_scale",
     )
-    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (every policy on the same seeds)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds 0..N-1, every policy on the same seeds (default: the main job's, BENCH_SEEDS)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -961,14 +992,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddim-steps", type=int, default=10)
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
-    p.add_argument("--classifier", default=None)
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="the evaluation classifier directory (default: CHECKPOINT/classifier or bundled)",
+    )
     p.add_argument(
         "--retrained",
         default="bundled",
         help="the model retrained without the forget set, a reference row and the distance column "
         "(a model directory; 'bundled': the bundled one, with the bundled model; 'none')",
     )
-    p.add_argument("--device", default="auto")
     p.add_argument(
         "--out",
         default=None,
@@ -984,9 +1018,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap-reps", type=int, default=2000, help="resamples of the stratified bootstrap (IQM, P(improvement))"
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object keyed by policy on stdout")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--robustness", action="store_true", help="also membership inference and relearning of every unlearned model"
     )
@@ -1007,7 +1038,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("sweep", help="train agents over algorithms × seeds × hyperparameter values with Ray Tune")
+    p = command(
+        "sweep", "train agents over algorithms × seeds × hyperparameter values with Ray Tune", "env", "device", "json"
+    )
     p.add_argument("--algos", default="ppo", help="comma-separated: ppo, sac, td3, ddpg, mcpg")
     p.add_argument("--seeds", dest="sweep_seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument(
@@ -1017,23 +1050,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=V1,V2",
         help="a hyperparameter and its values (repeat for more; the grid is their product), e.g. learning_rate=3e-4,1e-3",
     )
-    p.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
-    p.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
-    p.add_argument("--checkpoint", default=None, help="the env's pretrained model directory (default: bundled)")
     p.add_argument("--timesteps", type=int, default=2048, help="env steps to train each trial")
     p.add_argument(
         "--eval-episodes", type=int, default=3, help="deterministic episodes (seeds 0..N-1) scoring each trained agent"
     )
-    p.add_argument("--device", default="cpu", help="the agent networks' device")
+    p.add_argument("--agent-device", default="cpu", help="the agent networks' device")
     _add_ray_args(p)
     p.add_argument("--out", default="runs/sweep", help="folder for sweep.csv, sweep.md, trials/ and tune/")
-    p.add_argument("--json", action="store_true", help="print the trials as one JSON object on stdout")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("perf", help="time a plain DDPM step, the bare SISS update and env.step; or N batched runs")
+    p = command(
+        "perf",
+        "time a plain DDPM step, the bare SISS update and env.step; or N batched runs",
+        "device",
+        "threads",
+        "json",
+    )
     p.add_argument("--preset", default="small", choices=["tiny", "small", "siss"])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument(
         "--num-envs",
@@ -1045,8 +1079,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="loop,vmap",
         help="with --num-envs: comma-separated executors (loop, vmap; graph on CUDA: the update as one CUDA graph)",
     )
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_perf)
     return parser
 

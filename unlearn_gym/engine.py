@@ -49,6 +49,10 @@ class HostStats:
     def finite(self) -> bool:
         return all(math.isfinite(v) for v in self._values())
 
+    def finite_except(self, names: tuple[str, ...]) -> bool:
+        """Every statistic but ``names`` is finite (those may be NaN by request, e.g. an unmeasured probe)."""
+        return all(math.isfinite(getattr(self, name)) for name in self.names() if name not in names)
+
     def as_array(self) -> np.ndarray:
         return np.array(self._values(), dtype=np.float64)
 
@@ -188,7 +192,8 @@ class RunStats:
 GRAPH_WARMUP_STEPS = 2
 """Eager steps on a side stream before a capture (their changes to the runs are undone)."""
 MAX_GRAPHS = 4
-"""Captured updates kept per engine (one per combination of forget sets; least recently used dropped)."""
+"""Captured updates kept per engine (one per combination of forget sets and probe measurement;
+least recently used dropped)."""
 
 
 @dataclass
@@ -368,7 +373,8 @@ class UnlearningEngine(RunEngine):
     2. evaluate the objective for each run (losses, g_x, g_a, surgery) at its λ_i;
     3. clip each run's direction to ``config.clip_norm`` by its own global norm;
     4. take each run's AdamW step (bias corrections from its own step count);
-    5. measure each run's fixed probe with its new weights;
+    5. measure each run's fixed probe with its new weights (unless ``update(measure_probe=False)``:
+       the probe statistics are then NaN);
     6. copy one (N, k) statistics tensor to the host.
 
     Steps 2–3 and 5 are one per-run function, mapped over the runs by the executor: "loop" (a
@@ -454,7 +460,7 @@ class UnlearningEngine(RunEngine):
         )
         self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
         self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
-        self._graphs: dict[tuple[int, ...], _CapturedUpdate] = {}
+        self._graphs: dict[tuple, _CapturedUpdate] = {}
         """The graph executor's captured updates, keyed by the tensors they read (:meth:`_graph_inputs`)."""
 
     # -- runs and data ------------------------------------------------------------------------
@@ -577,12 +583,14 @@ class UnlearningEngine(RunEngine):
 
     # -- update / evaluate ----------------------------------------------------------------------
 
-    def update(self, lam, forget_scale=1.0) -> RunStats:
+    def update(self, lam, forget_scale=1.0, measure_probe: bool = True) -> RunStats:
         """One unlearning step of every run (steps 1–6 of the class docstring).
 
         Args:
             lam: λ_i per run, a scalar (all runs) or (N,) array, in [0, 1].
             forget_scale: the forget-strength multiplier per run, scalar or (N,).
+            measure_probe: step 5; False skips the probe's forward pass (``probe_r``, ``probe_f`` NaN)
+                where nobody reads it at this step.
 
         Returns:
             The N runs' statistics (one host copy).
@@ -590,19 +598,21 @@ class UnlearningEngine(RunEngine):
         N = self.num_runs
         lam = self._per_run(lam, "lam", N)
         scale = self._per_run(forget_scale, "forget_scale", N)
+        measure_probe = bool(measure_probe)
         if self.executor == "graph":
-            stats = self._graph_update(lam, scale)
+            stats = self._graph_update(lam, scale, measure_probe)
         else:
-            stats = self._step(self._to_device(lam), self._to_device(scale), self.executor)
+            stats = self._step(self._to_device(lam), self._to_device(scale), self.executor, measure_probe)
         self.step_count += 1
         return self._to_host(stats)
 
-    def _step(self, lam: torch.Tensor, scale: torch.Tensor, executor: str) -> torch.Tensor:
+    def _step(self, lam: torch.Tensor, scale: torch.Tensor, executor: str, measure_probe: bool = True) -> torch.Tensor:
         """Steps 1–5 of every run on the device: the (N, k) statistics tensor (no host copy, no sync).
 
         Args:
             lam, scale: (N,) float64 device tensors λ_i and forget strengths.
             executor: "loop" or "vmap" (the graph executor captures the "vmap" body).
+            measure_probe: whether step 5 runs (else the probe statistics are NaN).
         """
         idx = list(range(self.num_runs))
         batches = [self._draw(i) for i in idx]
@@ -613,14 +623,25 @@ class UnlearningEngine(RunEngine):
                     self._leaves[i], batches[i], lam[i], scale[i], len(self._forget[i][0]), clip=True
                 )
                 self._adamw_(i, grads)
-                probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
+                if measure_probe:
+                    probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
+                else:
+                    probe = self._unmeasured_probe(head)
                 rows.append(self._with_probe(head, probe))
             return torch.stack(rows)
         with _math_attention():
             grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
             self._adamw_(None, grads)
-            probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
+            if measure_probe:
+                probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
+            else:
+                probe = self._unmeasured_probe(head)
         return self._with_probe(head, probe)
+
+    @staticmethod
+    def _unmeasured_probe(head: torch.Tensor) -> torch.Tensor:
+        """The probe statistics of an update that skips step 5: NaN, shaped like :meth:`_probe_losses`'s."""
+        return torch.full((*head.shape[:-1], 2), float("nan"), device=head.device, dtype=head.dtype)
 
     # -- the graph executor ---------------------------------------------------------------------
 
@@ -647,7 +668,7 @@ class UnlearningEngine(RunEngine):
         for g, state in zip(self.generators, rng, strict=True):
             g.set_state(state)
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> _CapturedUpdate:
+    def _capture(self, inputs: tuple[torch.Tensor, ...], measure_probe: bool = True) -> _CapturedUpdate:
         """Capture :meth:`_step` ("vmap") once as a CUDA graph (the recipe of DESIGN §11).
 
         1. static inputs: (N,) float64 λ and forget-strength buffers, made before the capture;
@@ -665,24 +686,25 @@ class UnlearningEngine(RunEngine):
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(GRAPH_WARMUP_STEPS):
-                self._step(lam, scale, "vmap")
+                self._step(lam, scale, "vmap", measure_probe)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._load_step_state(saved)
         graph = torch.cuda.CUDAGraph()
         for g in self.generators:
             graph.register_generator_state(g)
         with torch.cuda.graph(graph):
-            stats = self._step(lam, scale, "vmap")
+            stats = self._step(lam, scale, "vmap", measure_probe)
         self._load_step_state(saved)  # nothing ran during the capture; the generators start where they were
         return _CapturedUpdate(graph, lam, scale, stats, inputs)
 
-    def _graph_update(self, lam: np.ndarray, scale: np.ndarray) -> torch.Tensor:
-        """Steps 1–5 as one replay of the graph captured for the current forget sets (captured on first use)."""
+    def _graph_update(self, lam: np.ndarray, scale: np.ndarray, measure_probe: bool = True) -> torch.Tensor:
+        """Steps 1–5 as one replay of the graph captured for the current forget sets and
+        ``measure_probe`` (captured on first use)."""
         inputs = self._graph_inputs()
-        key = tuple(id(t) for t in inputs)  # the cached entry holds the tensors, so an id is not reused
+        key = (measure_probe, *(id(t) for t in inputs))  # the cached entry holds the tensors: no id is reused
         captured = self._graphs.pop(key, None)
         if captured is None:
-            captured = self._capture(inputs)
+            captured = self._capture(inputs, measure_probe)
         self._graphs[key] = captured  # most recently used last
         while len(self._graphs) > MAX_GRAPHS:
             self._graphs.pop(next(iter(self._graphs)))

@@ -22,6 +22,11 @@ import torch.nn.functional as F
 __all__ = ["profile_step", "profile_runs"]
 
 
+_UNEVALUATED_PROBE = dict(sample_forget=1, sample_retain=1, sample_ddim_steps=1)
+"""The sampled reward's probe of the timed envs: their episodes never end (horizon 10⁹), so it is
+only measured once at reset (the smallest one; a step does the same work with any probe size)."""
+
+
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -125,7 +130,7 @@ def profile_step(
             },
         }
         save_model(unet, tmp, config)
-        env = SISSEnv(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9)
+        env = SISSEnv(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9, **_UNEVALUATED_PROBE)
         env.reset(seed=seed)
         action = np.zeros(1, dtype=np.float32)
         probe_size = env.config.probe_size
@@ -220,7 +225,7 @@ def profile_runs(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         _checkpoint_dir(tmp, preset, seed)
-        kw = dict(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9)
+        kw = dict(checkpoint=tmp, batch_size=batch_size, device=str(dev), horizon=10**9, **_UNEVALUATED_PROBE)
         env = SISSEnv(**kw)
         env.reset(seed=seed)
         single_ms = _median_ms(partial(env.step, np.zeros(1, dtype=np.float32)), repeats, warmup, dev)

@@ -61,10 +61,9 @@ def make_training_env(
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-    from ..env_kwargs import make_kwargs
     from ..envs.wrappers import EpisodeEndSamples
 
-    kwargs = make_kwargs(env_kwargs)
+    kwargs = dict(env_kwargs)
     wrapper_class, wrapper_kwargs = None, None
     if sample_every > 0:
         kwargs["render_mode"] = "rgb_array"
@@ -101,11 +100,9 @@ def make_batched_training_env(env_id: str, env_kwargs: dict, num_envs: int, seed
 def make_batched_env(env_id: str, env_kwargs: dict, num_envs: int):
     """``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="vector_entry_point")``: N runs in one
     engine; a clear error where ``env_id`` has no batched vector env."""
-    from ..env_kwargs import make_kwargs
-
     if gym.spec(env_id).vector_entry_point is None:
         raise ValueError(f"--num-envs: {env_id} has no batched vector env; use n_envs copies (the YAML's n_envs)")
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **make_kwargs(env_kwargs))
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
 
 
 def _checkpoints(directory: Path, prefix: str, suffix: str) -> list[tuple[Path, int]]:
@@ -358,7 +355,6 @@ def _train_mcpg(
 ) -> int:  # fmt: skip
     from stable_baselines3.common.logger import configure
 
-    from ..env_kwargs import make_kwargs
     from ..envs.wrappers import EpisodeEndSamples
     from .mcpg import MCPG
 
@@ -368,7 +364,7 @@ def _train_mcpg(
         env = make_batched_env(env_id, env_kwargs, num_envs)
         observation_space, action_space = env.single_observation_space, env.single_action_space
     else:
-        kwargs: dict[str, Any] = make_kwargs(env_kwargs)
+        kwargs: dict[str, Any] = dict(env_kwargs)
         if sample_every > 0:
             kwargs["render_mode"] = "rgb_array"
         env = gym.make(env_id, **kwargs)

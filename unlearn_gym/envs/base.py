@@ -9,6 +9,7 @@ supplies its engine, its action decoding, its observation features and its effic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,20 @@ class UnlearningEnv(gym.Env):
         """Keywords of ``engine.update`` that are the same for every run (beside the decoded ones)."""
         return {}
 
+    PROBE_STATS: tuple[str, ...] = ()
+    """The engine statistics of the denoising-loss probe: left out of a step that does not read it
+    (:meth:`needs_probe`), divergence check and ``info`` alike."""
+
+    def needs_probe(self, ep: RunEpisode, limit: int | None = None) -> bool:
+        """Whether run ``ep``'s next step reads the denoising-loss probe (``limit``: the step that
+        truncates, default ``horizon``): always, here."""
+        return True
+
+    def probe_keywords(self, needs: Sequence[bool]) -> dict[str, Any]:
+        """``engine.update``'s keywords for runs whose next steps read the probe as ``needs`` (one per
+        run): {} here (the engine measures it at every update)."""
+        return {}
+
     def check_reset_options(self, options: dict | None) -> int | None:
         """The ``instance`` of ``reset(options=...)``, validated (None: the whole forget set).
 
@@ -286,38 +301,54 @@ class UnlearningEnv(gym.Env):
         return forget_gain, penalty, info
 
     def advance_episode(
-        self, ep: RunEpisode, decoded: DecodedAction, stats, limit: int | None = None, run: int = 0
+        self,
+        ep: RunEpisode,
+        decoded: DecodedAction,
+        stats,
+        limit: int | None = None,
+        run: int = 0,
+        probe_measured: bool = True,
     ) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Advance ``ep`` by the update that gave ``stats``: (obs, reward, terminated, truncated, info).
 
         ``limit``: the step that truncates (default ``horizon``). ``run``: the engine's run of ``ep``
-        (whose model the sampled probe evaluates).
+        (whose model the sampled probe evaluates). ``probe_measured``: whether this step reads the
+        denoising-loss probe (:meth:`needs_probe`); where not, ``info`` has no probe statistics,
+        efficacy or degradation (no NaN placeholders: equal steps give equal infos) and their reward
+        terms are 0.
         """
         cfg = self.config
         ep.t += 1
-        info: dict[str, Any] = {"lam": decoded.lam, **decoded.info, "step": ep.t, **stats.as_dict()}
-        smooth = cfg.alpha * float(np.abs(decoded.lam_vec - ep.lam_prev).sum())
-        if not stats.finite:
+        step_stats = stats.as_dict()
+        if not probe_measured:
+            for name in self.PROBE_STATS:
+                del step_stats[name]
+        info: dict[str, Any] = {"lam": decoded.lam, **decoded.info, "step": ep.t, **step_stats}
+        smooth = cfg.smoothness_weight * float(np.abs(decoded.lam_vec - ep.lam_prev).sum())
+        if not (stats.finite if probe_measured else stats.finite_except(self.PROBE_STATS)):
             info |= {"diverged": True, "efficacy": float("nan"), "degradation": float("nan")}
             info |= {"reward_efficacy_gain": 0.0, "reward_smoothness": -smooth, "reward_degradation": 0.0}
             ep.needs_reset = True
             return ep.last_obs.copy(), -float(cfg.divergence_penalty), True, False, info
-        efficacy, degradation = self.efficacy_degradation(ep, stats)
-        gain = efficacy - ep.efficacy_prev
-        damage = max(0.0, degradation)
-        if cfg.degradation_penalty == "increment":
-            penalty = cfg.beta * (damage - ep.damage_prev)
-        else:
-            penalty = cfg.beta * damage
-        ep.efficacy_prev = efficacy
-        ep.damage_prev = damage
+        info |= {"diverged": False, "reward_smoothness": -smooth}
+        gain = penalty = 0.0
+        if probe_measured:
+            efficacy, degradation = self.efficacy_degradation(ep, stats)
+            gain = efficacy - ep.efficacy_prev
+            damage = max(0.0, degradation)
+            if cfg.degradation_penalty == "increment":
+                penalty = cfg.beta * (damage - ep.damage_prev)
+            else:
+                penalty = cfg.beta * damage
+            ep.efficacy_prev = efficacy
+            ep.damage_prev = damage
+            info |= {"efficacy": efficacy, "degradation": degradation}
         ep.lam_prev = decoded.lam_vec
         obs = self._obs(ep, stats, decoded.lam)
         ep.last_obs = obs
         truncated = ep.t >= (cfg.horizon if limit is None else limit)
         if truncated:
             ep.needs_reset = True
-        info |= {"diverged": False, "efficacy": efficacy, "degradation": degradation, "reward_smoothness": -smooth}
         if self.outcome_probe is None:
             reward = gain - smooth - penalty
             info |= {"reward_efficacy_gain": gain, "reward_degradation": -penalty}
@@ -354,8 +385,9 @@ class UnlearningEnv(gym.Env):
                 f"{type(self).__name__}.step called before reset() or after the episode ended; call reset() first"
             )
         decoded = self.decode_action(action)
-        stats = self.engine.update(**decoded.update, **self.update_constants)[0]
-        return self.advance_episode(self._episode, decoded, stats)
+        needs = self.needs_probe(self._episode)
+        stats = self.engine.update(**decoded.update, **self.update_constants, **self.probe_keywords([needs]))[0]
+        return self.advance_episode(self._episode, decoded, stats, probe_measured=needs)
 
     def render(self):
         """An H×W×3 uint8 grid: one row per label, ``render_samples`` samples each, from fixed noise."""

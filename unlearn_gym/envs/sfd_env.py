@@ -65,6 +65,11 @@ class SFDEnvConfig:
         if not self.target_temperature > 0 or not self.obs_clip > 0:
             raise ValueError("target_temperature and obs_clip must be > 0")
 
+    @property
+    def smoothness_weight(self) -> float:
+        """The α applied (``alpha``; SFD-v0 has no sampled reward, so no default depends on it)."""
+        return float(self.alpha)
+
 
 class SFDEnv(UnlearningEnv):
     """Erasing one class from a class-conditional DDPM with SFD, one iteration per step.

@@ -66,10 +66,13 @@ class SISSEnvConfig:
     probe_size: int = 4
     """Images per half (retain, forget) of the fixed denoising-loss probe (the observation's probe
     statistics, the "probe" reward and the shaping)."""
-    alpha: float = 0.01
-    """Weight of the smoothness penalty α·|λ_t − λ_{t−1}|."""
+    alpha: float | None = None
+    """α: weight of the smoothness penalty α·‖λ_t − λ_{t−1}‖₁; None: 0 with the sampled reward (its
+    return is the outcome alone: a λ that jitters leaves the model no worse) and 0.01 with the probe
+    reward (its earlier default). See :attr:`smoothness_weight`."""
     beta: float = 1.0
-    """Weight of the degradation penalty."""
+    """β: weight of the damage (sampled reward) or degradation (probe reward) penalty: the exchange
+    rate between a unit of damage and a unit of forget rate."""
     degradation_penalty: Literal["increment", "level"] = "increment"
     """"increment": −β·(d⁺_t − d⁺_{t−1}), so the episode's terms sum to −β·d⁺_T (the final damage);
     "level": −β·d⁺_t at every step (DESIGN §7's literal form; sums to −β·Σ_t d⁺_t)."""
@@ -93,7 +96,7 @@ class SISSEnvConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("alpha", "beta", "divergence_penalty", "max_scale", "scale", "probe_size"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.mixture_lambda <= 1.0:
             raise ValueError(f"mixture_lambda must be in [0, 1], got {self.mixture_lambda}")
@@ -110,6 +113,13 @@ class SISSEnvConfig:
             raise ValueError(f"eval_every must be None or >= 1, got {self.eval_every}")
         if self.probe_shaping < 0:
             raise ValueError(f"probe_shaping must be >= 0, got {self.probe_shaping}")
+
+    @property
+    def smoothness_weight(self) -> float:
+        """The α applied: ``alpha``, or where it is None 0 under ``reward="sampled"`` and 0.01 under ``reward="probe"``."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return 0.0 if self.reward == "sampled" else 0.01
 
 
 class SISSEnv(UnlearningEnv):
@@ -150,18 +160,20 @@ class SISSEnv(UnlearningEnv):
 
     r_t = −(F_t − F_{t'}) − β·(D⁺_t − D⁺_{t'}),  D⁺ = max(0, D), t' the previous evaluation (F⁰, D⁺ = 0 at reset),
 
-    and at every step −α·‖λ_t − λ_{t−1}‖₁ (+ ``probe_shaping``·w of the denoising-loss terms
-    below as dense shaping). The return is (F⁰ − F_T) − β·D⁺_T − α·Σ_t ‖λ_t − λ_{t−1}‖₁: the share
-    of the contaminant removed, minus the damage left, minus the λ variation; in [−1 − β −
-    α·T·k, 1]. Damaging the model does not pay: it lowers the K_c, and a contaminated label broken
-    into samples that nobody recognises lowers F and K alike (δ_{y_c} = the fall of F).
+    (+ ``probe_shaping``·w of the denoising-loss terms below as dense shaping, and −α·‖λ_t − λ_{t−1}‖₁
+    at every step where ``alpha`` > 0; α = 0 by default). The return is (F⁰ − F_T) − β·D⁺_T: the
+    share of the contaminant removed minus the damage left, in [−1 − β, 1]; β is the exchange rate
+    of damage into forget rate, so the return is minus the rise of the damage-adjusted forget rate
+    F + β·D⁺ that ``unlearn-gym bench`` scores on its own, larger samples. Damaging the model does
+    not pay: it lowers the K_c, and a contaminated label broken into samples that nobody recognises
+    lowers F and K alike (δ_{y_c} = the fall of F).
 
     ``reward="probe"``: r_t = (e_t − e_{t−1}) − α·‖λ_t − λ_{t−1}‖₁ − β·(d⁺_t − d⁺_{t−1}), with
     e_t = log(p_f,t / p_f,0) the efficacy (rise of the forget denoising loss on a fixed image
     probe over its reset value), d_t = log(p_r,t / p_r,0) the degradation (rise of the retain probe
     loss), d⁺ = max(0, d) and e_0 = d⁺_0 = 0. The probe (images, t, ε) is drawn once per reset and
     evaluated without gradients after each update; the return is e_T − β·d⁺_T −
-    α·Σ_t ‖λ_t − λ_{t−1}‖₁. (``degradation_penalty="level"`` charges −β·d⁺_t at every step
+    α·Σ_t ‖λ_t − λ_{t−1}‖₁ (α = 0.01 by default here). (``degradation_penalty="level"`` charges −β·d⁺_t at every step
     instead.) e_t and d_t are clipped to ±``obs_clip``. A λ near 1 raises e_T by damaging the
     model: an agent trained on this reward learns that (docs/results.md §4).
 
@@ -173,8 +185,12 @@ class SISSEnv(UnlearningEnv):
 
     ## Episode End
 
-    Truncation after ``horizon`` updates; termination when the update diverges
-    (``info["diverged"] = True``). ``reset`` then restores the pretrained weights in place.
+    Truncation after ``horizon`` updates (the env's own budget; the ids are registered without a
+    ``TimeLimit``); termination when the update diverges (non-finite statistics,
+    ``info["diverged"] = True``). ``reset`` then restores the pretrained weights in place. Under the
+    sampled reward without ``probe_shaping`` the denoising-loss probe is read, so measured, only at
+    the last step (:meth:`needs_probe`): ``info`` has ``probe_r``, ``probe_f``, ``efficacy`` and
+    ``degradation`` there alone, and weights that an update broke show at the next update's losses.
 
     ## Arguments
 
@@ -186,13 +202,15 @@ class SISSEnv(UnlearningEnv):
 
     - v0: initial version (before the first release the degradation term became an increment,
       so that returns measure the final outcome, ``degradation_penalty="level"`` keeps the old form;
-      and the default reward became the sampled one, ``reward="probe"`` keeps the old one).
+      and the default reward became the sampled one, ``reward="probe"`` keeps the old one; then the
+      sampled reward's smoothness term became opt-in, α = 0 unless ``alpha`` is given).
     """
 
     config_class = SISSEnvConfig
     obs_names = OBS_NAMES
     FEATURE_STATS = ("loss_r", "loss_f", "grad_r_norm", "grad_f_norm")
     """The engine statistics behind the four log-ratio features of the observation."""
+    PROBE_STATS = ("probe_r", "probe_f")
 
     # -- construction --------------------------------------------------------------------------
 
@@ -261,6 +279,19 @@ class SISSEnv(UnlearningEnv):
     @property
     def outcome_eval_every(self) -> int | None:
         return self.config.eval_every
+
+    def needs_probe(self, ep: RunEpisode, limit: int | None = None) -> bool:
+        """The denoising-loss probe is read at every step under the probe reward or with
+        ``probe_shaping``; under the sampled reward alone only at the episode's last step (its
+        ``info`` gives the final efficacy and degradation)."""
+        cfg = self.config
+        if self.outcome_probe is None or cfg.probe_shaping > 0:
+            return True
+        return ep.t + 1 >= (cfg.horizon if limit is None else limit)
+
+    def probe_keywords(self, needs) -> dict[str, Any]:
+        """The update measures the probe where some run reads it, and skips its forward pass elsewhere."""
+        return {"measure_probe": any(needs)}
 
     def _action_dim(self) -> int:
         return 2 if self.config.action_mode == "both" else 1

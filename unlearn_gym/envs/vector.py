@@ -210,7 +210,10 @@ class UnlearningVectorEnv(VectorEnv):
         if not_ready:
             raise RuntimeError(f"step called before reset() (runs {not_ready}); call reset() first")
         decoded = self._decode(actions)  # every check before any run moves
-        stats = self.engine.update(**self._update_kwargs(decoded), **self.env.update_constants)
+        # the probe where any run reads it; a run that does not read it at this step ignores it, as the single env
+        needs = [self.env.needs_probe(ep, self.max_episode_steps) for ep in self._episodes]
+        probe = self.env.probe_keywords(needs)
+        stats = self.engine.update(**self._update_kwargs(decoded), **self.env.update_constants, **probe)
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
@@ -218,7 +221,7 @@ class UnlearningVectorEnv(VectorEnv):
         ended = []
         for i, (ep, d) in enumerate(zip(self._episodes, decoded)):
             obs, rewards[i], terminations[i], truncations[i], info = self.env.advance_episode(
-                ep, d, stats[i], limit=self.max_episode_steps, run=i
+                ep, d, stats[i], limit=self.max_episode_steps, run=i, probe_measured=needs[i]
             )
             self._obs[i] = obs
             if terminations[i] or truncations[i]:
