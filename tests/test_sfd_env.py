@@ -117,6 +117,7 @@ def test_bench_and_evaluate_report_class_erasure(make, tiny_checkpoint, tmp_path
     assert result["pretrained"]["unlearning_accuracy"] == 1.0 - per_label["0"]["accuracy"]
     assert 0.0 <= episode["unlearning_accuracy"] <= 1.0 and 0.0 <= episode["remaining_accuracy"] <= 1.0
     assert result["settings"]["sampler"] == {"kind": "one-step", "t_star": 440}
+    assert "adjusted_forget_rate" not in episode  # class erasure: no contaminant to score against its damage
     # evaluate on a saved generator: one-step samples and the erasure figures
     env = make(forget_class=3, horizon=1)
     env.reset(seed=0)

@@ -414,7 +414,8 @@ def run_benchmark(
     for index in sorted(pooled):
         _pool_samples(samples, runs[index][0], *pooled[index])
     scen = {"contaminated_label": runner.contaminated_label}
-    if pretrained is not None and runner.contaminated_label is not None:
+    erases_a_class = getattr(base, "forget_class", None) is not None  # SFD-v0: no contaminant to score
+    if pretrained is not None and runner.contaminated_label is not None and not erases_a_class:
         add_outcome_scores(episodes, pretrained, runner.contaminated_label, base.config.beta)
         for row in (pretrained, retrained):  # the reference rows, scored alike (the pretrained: D⁺ = 0)
             if row is not None:
@@ -1678,7 +1679,8 @@ def _robustness_markdown(result: dict) -> str:
 def json_summary(result: dict) -> dict:
     """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy, damage,
     adjusted_forget_rate} → {mean, ci95, n}, with ``vs_reference`` (metric → verdict),
-    ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
+    ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and
+    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
     per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
     ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
     {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset, and ``retrained``

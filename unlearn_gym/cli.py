@@ -779,7 +779,7 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
     def parent() -> argparse.ArgumentParser:
         return argparse.ArgumentParser(add_help=False)
 
-    device, threads, progress, json_out, model, env = (parent() for _ in range(6))
+    device, threads, progress, json_out, checkpoint, classifier, env = (parent() for _ in range(7))
     device.add_argument(
         "--device", default="auto", help="the diffusion model's device: cpu, cuda, cuda:N or auto (CUDA where present)"
     )
@@ -793,20 +793,25 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
     json_out.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)"
     )
-    model.add_argument(
+    checkpoint.add_argument(
         "--checkpoint", default=None, help="the pretrained model directory (default: the bundled default model)"
     )
-    model.add_argument(
+    classifier.add_argument(
         "--classifier",
         default=None,
         help="the evaluation classifier directory (default: CHECKPOINT/classifier or bundled)",
     )
     env.add_argument("--env", default="unlearn_gym/SISS-v0", help="a registered env id")
     env.add_argument("--env-kwargs", default=None, help="JSON keywords of gymnasium.make, e.g. '{\"batch_size\": 16}'")
-    env.add_argument(
-        "--checkpoint", default=None, help="the env's pretrained model directory (default: the bundled default model)"
-    )
-    return {"device": device, "threads": threads, "progress": progress, "json": json_out, "model": model, "env": env}
+    return {
+        "device": device,
+        "threads": threads,
+        "progress": progress,
+        "json": json_out,
+        "checkpoint": checkpoint,
+        "classifier": classifier,
+        "env": env,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -816,8 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     shared = _shared_options()
 
-    def command(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
+    def command(name: str, summary: str, *parents: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[shared[k] for k in parents])
 
     p = command(
         "pretrain", "pretrain a class-conditional DDPM on a scenario (resumable)", "device", "threads", "progress"
@@ -850,7 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "evaluate",
         "sample a model and report forget rate and retain accuracy",
-        "model", "device", "threads", "progress", "json",
+        "checkpoint", "classifier", "device", "threads", "progress", "json",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=200, help="samples per label")
     p.add_argument("--ddim-steps", type=int, default=20)
@@ -885,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "unlearn",
         "run a λ-policy through SISS-v0 and evaluate before and after",
-        "model", "device", "threads", "progress", "json",
+        "checkpoint", "classifier", "device", "threads", "progress", "json",
     )  # fmt: skip
     p.add_argument("--policy", default="static:0.5", help="static:LAMBDA")
     p.add_argument("--steps", type=int, default=300)
@@ -901,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "train",
         "train an RL agent (ppo, sac, td3, ddpg, mcpg) on a registered env",
-        "env", "device", "threads", "progress", "json",
+        "env", "checkpoint", "device", "threads", "progress", "json",
     )  # fmt: skip
     p.add_argument("--algo", required=True, choices=["ppo", "sac", "td3", "ddpg", "mcpg"])
     p.add_argument("--timesteps", type=int, default=2048, help="env steps to train in all")
@@ -930,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "bench",
         "benchmark λ-policies and agents on equal seeds (no arguments: the main job on the embedded default)",
-        "env", "device", "threads", "progress", "json",
+        "env", "checkpoint", "classifier", "device", "threads", "progress", "json",
     )  # fmt: skip
     p.add_argument(
         "--policies",
@@ -993,11 +998,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
     p.add_argument(
-        "--classifier",
-        default=None,
-        help="the evaluation classifier directory (default: CHECKPOINT/classifier or bundled)",
-    )
-    p.add_argument(
         "--retrained",
         default="bundled",
         help="the model retrained without the forget set, a reference row and the distance column "
@@ -1039,7 +1039,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = command(
-        "sweep", "train agents over algorithms × seeds × hyperparameter values with Ray Tune", "env", "device", "json"
+        "sweep",
+        "train agents over algorithms × seeds × hyperparameter values with Ray Tune",
+        "env",
+        "checkpoint",
+        "device",
+        "json",
     )
     p.add_argument("--algos", default="ppo", help="comma-separated: ppo, sac, td3, ddpg, mcpg")
     p.add_argument("--seeds", dest="sweep_seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
