@@ -853,10 +853,6 @@ class EpisodeRunner:
             out.append((record, ev, steps))
         return out
 
-    def remote_episode(self, unit: tuple[str, int, int | None]) -> tuple[dict, Any, Any]:
-        """:meth:`remote_units` of one unit = (name, seed, instance)."""
-        return self.remote_units([unit])[0]
-
     def close(self) -> None:
         """Close the env (and the vector env, where one was made)."""
         self.env.close()

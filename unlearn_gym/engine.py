@@ -864,30 +864,15 @@ class HybridEngine(UnlearningEngine):
         self.target_classes = torch.tensor(list(target_classes), dtype=torch.long, device=self.device)
         self.teacher_params = self._pretrained
         K = len(self.target_classes)
-        self._uniform_weights = torch.full((K,), 1.0 / K, device=self.device)
-        self._target_weights: torch.Tensor | None = None
-
-    def set_target_weights(self, weights) -> None:
-        """π over ``target_classes`` (None: uniform)."""
-        if weights is None:
-            self._target_weights = None
-            return
-        w = self._to_device(np.asarray(weights, dtype=np.float32))
-        if w.shape != self.target_classes.shape:
-            raise ValueError(f"target weights: expected shape {tuple(self.target_classes.shape)}, got {tuple(w.shape)}")
-        self._target_weights = w
-
-    def _graph_inputs(self) -> tuple[torch.Tensor, ...]:
-        weights = self._target_weights if self._target_weights is not None else self._uniform_weights
-        return (*super()._graph_inputs(), weights)
+        self.target_weights = torch.full((K,), 1.0 / K, device=self.device)
+        """π over ``target_classes``: uniform (a fixed buffer, which a captured update reads by address)."""
 
     def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
         from .objectives.hybrid import hybrid_objective
 
-        weights = self._target_weights if self._target_weights is not None else self._uniform_weights
         return hybrid_objective(
             self._module, params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
-            (self.target_classes, weights), forget_scale, self.dataset_size, forget_size,
+            (self.target_classes, self.target_weights), forget_scale, self.dataset_size, forget_size,
         )  # fmt: skip
 
     @staticmethod
