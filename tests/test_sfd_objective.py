@@ -131,7 +131,7 @@ def test_vmapped_gradients_equal_the_eager_ones_in_float64(one_thread):
     """Both gradients (ψ step, θ step) under ``vmap`` over two stacked runs equal the eager per-run ones."""
     from torch.func import stack_module_state, vmap
 
-    from unlearn_gym.engine import _math_attention
+    from unlearn_gym.engine import math_attention
     from unlearn_gym.objectives.sfd import SFDBatch, fake_score_step
 
     theta, teacher, psi, gamma, sigma = _nets()
@@ -155,7 +155,7 @@ def test_vmapped_gradients_equal_the_eager_ones_in_float64(one_thread):
         res = sfd_generator_step(theta, th, tp, ps, b, lam, gamma, sigma, CFG, (classes, wk))
         return g_psi, res.grads, torch.stack([res.loss_remain, res.loss_forget, res.dloss_dlam])
 
-    with _math_attention():  # as the engine runs vmap (DESIGN §11)
+    with math_attention():  # as the engine runs vmap (DESIGN §11)
         g_psi_v, g_theta_v, stats_v = vmap(run)(thetas, psis, stacked, lams, w)
     for i in range(2):
         th = {k: v[i].clone().requires_grad_() for k, v in thetas.items()}

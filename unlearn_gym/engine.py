@@ -38,6 +38,7 @@ __all__ = [
     "HYBRID_STAT_NAMES",
     "RunEngine",
     "adamw_",
+    "math_attention",
 ]
 
 
@@ -211,7 +212,7 @@ class _CapturedUpdate:
     """The tensors the capture read by address (held so that they stay alive)."""
 
 
-def _math_attention():
+def math_attention():
     """Under ``vmap`` the UNet's attention must use the math SDPA backend (DESIGN §11)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -355,7 +356,7 @@ class RunEngine:
             module = copy.deepcopy(self._module)
             for name, p in self.params.items():
                 owner, _, leaf = name.rpartition(".")
-                module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(p[run], requires_grad=False)
+                module.get_submodule(owner).register_parameter(leaf, torch.nn.Parameter(p[run], requires_grad=False))
             self._models[run] = module
         return self._models[run]
 
@@ -629,7 +630,7 @@ class UnlearningEngine(RunEngine):
                     probe = self._unmeasured_probe(head)
                 rows.append(self._with_probe(head, probe))
             return torch.stack(rows)
-        with _math_attention():
+        with math_attention():
             grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
             self._adamw_(None, grads)
             if measure_probe:
@@ -742,7 +743,7 @@ class UnlearningEngine(RunEngine):
         else:
             sel = torch.as_tensor(idx, device=self.device)
             params = {name: p[sel] for name, p in self.params.items()}
-            with _math_attention():
+            with math_attention():
                 _, head = self._vmap_step(params, batches, lam, scale, self._forget_size(idx), clip=False)
                 probe = vmap(self._probe_losses)(params, *(b[sel] for b in self._probe), self._probe_valid[sel])
             stats = self._with_probe(head, probe)

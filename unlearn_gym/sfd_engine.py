@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from .engine import Executor, HostStats, RunEngine, RunStats, _math_attention, adamw_
+from .engine import Executor, HostStats, RunEngine, RunStats, adamw_, math_attention
 from .models.unet import noise_schedule
 from .objectives.common import global_norm
 from .objectives.sfd import (
@@ -296,7 +296,7 @@ class SFDEngine(RunEngine):
             stats = torch.stack(rows)
         else:
             stacked = tuple(torch.stack(parts) for parts in zip(*batches))
-            with _math_attention():
+            with math_attention():
                 g_psi, psi_stats = vmap(self._psi_grads)(self.params, self.psi, stacked)
                 self._step_("psi", None, g_psi)
                 g_theta, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
@@ -335,7 +335,7 @@ class SFDEngine(RunEngine):
             theta = {name: p[sel] for name, p in self.params.items()}
             psi = {name: p[sel] for name, p in self.psi.items()}
             stacked = tuple(torch.stack(parts) for parts in zip(*batches))
-            with _math_attention():
+            with math_attention():
                 psi_stats = vmap(self._psi_losses)(theta, psi, stacked)
                 _, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
                     theta, psi, stacked, lam, weights
