@@ -151,3 +151,15 @@ def test_baselines_work_with_sb3_evaluate_policy(tiny_checkpoint):
     env = gym.make("unlearn_gym/SISS-v0", checkpoint=str(tiny_checkpoint), horizon=2, **KW)
     mean, std = evaluate_policy(LinearSchedule(), env, n_eval_episodes=2, warn=False)
     assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_the_action_lambda_map_and_the_observation_tail_are_defined_once():
+    from unlearn_gym.envs.conventions import OBS_TAIL, PROGRESS_INDEX, action_from_lam, lam_from_action
+    from unlearn_gym.envs.sfd_env import OBS_NAMES as SFD_OBS
+    from unlearn_gym.envs.siss_env import OBS_NAMES as SISS_OBS
+
+    np.testing.assert_array_equal(lam_from_action([-1.0, 0.0, 1.0, 3.0, -2.0]), [0.0, 0.5, 1.0, 1.0, 0.0])
+    lam = np.array([0.0, 0.25, 0.5, 1.0])
+    assert action_from_lam(lam).dtype == np.float32
+    np.testing.assert_allclose(lam_from_action(action_from_lam(lam)), lam)
+    assert SISS_OBS[-2:] == SFD_OBS[-2:] == OBS_TAIL and SISS_OBS[PROGRESS_INDEX] == "progress"

@@ -407,10 +407,10 @@ def _parse_policy(spec: str) -> float:
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
     import gymnasium as gym
-    import numpy as np
     from tqdm.auto import tqdm
 
     from .assets import bundled_model_dir
+    from .envs.conventions import action_from_lam
     from .metrics.classifier import load_classifier
     from .metrics.forget import evaluate_model
     from .models.checkpoint import CheckpointError, load_model_config, save_model, write_json_atomic
@@ -438,7 +438,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     before = evaluate_model(unet, classifier, **eval_kw)
     t1 = time.perf_counter()
-    action = np.array([2.0 * lam - 1.0], dtype=np.float32)
+    action = action_from_lam([lam])
     episode_return, lams, diverged = 0.0, [], False
     for _ in tqdm(range(args.steps), desc=f"unlearn static:{lam}", disable=args.no_progress, dynamic_ncols=True):
         _, reward, terminated, truncated, info = env.step(action)

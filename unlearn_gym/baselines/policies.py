@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-__all__ = ["LambdaPolicy", "StaticLambda", "RandomLambda", "LinearSchedule", "CosineSchedule", "PROGRESS_INDEX"]
+from ..envs.conventions import PROGRESS_INDEX, action_from_lam  # PROGRESS_INDEX re-exported
 
-PROGRESS_INDEX = 5
+__all__ = ["LambdaPolicy", "StaticLambda", "RandomLambda", "LinearSchedule", "CosineSchedule", "PROGRESS_INDEX"]
 """Index of t/T in SISS-v0's observation [log ℓ_r, log ℓ_f, log ‖g_r‖, log ‖g_f‖, λ_{t−1}, t/T]."""
 
 
@@ -42,7 +42,7 @@ class LambdaPolicy:
         obs = np.asarray(obs, dtype=np.float32)
         single = obs.ndim == 1
         lam = np.clip(np.asarray(self.lam(obs.reshape(1, -1) if single else obs, deterministic), np.float64), 0, 1)
-        action = (2.0 * lam - 1.0).astype(np.float32).reshape(-1, 1)
+        action = action_from_lam(lam).reshape(-1, 1)
         return (action[0] if single else action), state
 
     def reset(self, seed: int | None = None) -> None:

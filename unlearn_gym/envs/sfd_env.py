@@ -9,10 +9,11 @@ from typing import Any, Literal
 import numpy as np
 
 from .base import DecodedAction, RunEpisode, UnlearningEnv, log_ratio
+from .conventions import OBS_TAIL, lam_from_action
 
 __all__ = ["SFDEnv", "SFDEnvConfig"]
 
-OBS_NAMES = ("log_loss_psi_remain", "log_loss_psi_forget", "log_grad_remain", "log_grad_forget", "lam_prev", "progress")
+OBS_NAMES = ("log_loss_psi_remain", "log_loss_psi_forget", "log_grad_remain", "log_grad_forget", *OBS_TAIL)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class SFDEnv(UnlearningEnv):
         cfg = self.config
         lam, weights = cfg.mixture_lambda, None
         if cfg.action_mode in ("balance", "both"):
-            lam = float((a[0] + 1.0) / 2.0)
+            lam = float(lam_from_action(a[0]))
         if cfg.action_mode in ("targets", "both"):
             logits = a[-len(self.remain_classes) :] / cfg.target_temperature
             w = np.exp(logits - logits.max())

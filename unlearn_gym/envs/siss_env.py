@@ -8,10 +8,11 @@ from typing import Any, Literal
 import numpy as np
 
 from .base import DecodedAction, RunEpisode, UnlearningEnv, log_ratio
+from .conventions import OBS_TAIL, lam_from_action
 
 __all__ = ["SISSEnv", "SISSEnvConfig", "RunEpisode", "DecodedAction"]
 
-OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", "lam_prev", "progress")
+OBS_NAMES = ("log_loss_r", "log_loss_f", "log_grad_r", "log_grad_f", *OBS_TAIL)
 RESET_OPTIONS = ("instance",)
 
 
@@ -311,7 +312,7 @@ class SISSEnv(UnlearningEnv):
             raise ValueError(f"action: expected shape {self.action_space.shape}, got {np.asarray(action).shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {np.asarray(action).tolist()}")
-        lam_vec = np.clip((a + 1.0) / 2.0, 0.0, 1.0)
+        lam_vec = lam_from_action(a)
         cfg = self.config
         if cfg.action_mode == "mixture":
             lam, forget_scale = float(lam_vec[0]), 1.0
