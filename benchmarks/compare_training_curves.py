@@ -16,22 +16,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from plot_training_curve import read_events
 
 TAGS = ("episode/return", "episode/sampled_forget_rate", "episode/sampled_retain_accuracy", "unlearn/lam")
-
-
-def read_scalars(logdir: str | Path, tags: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """tag → (k, 3) array of (step, value, wall time) from every event file under ``logdir``, by step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list] = {t: [] for t in tags}
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in tags:
-            if tag in acc.Tags()["scalars"]:
-                out[tag] += [(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)]
-    return {t: np.array(sorted(v)) for t, v in out.items() if v}
 
 
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -59,7 +46,7 @@ def main() -> None:
         label, _, logdir = spec.partition("=")
         if not logdir:
             raise SystemExit(f"error: expected LABEL=LOGDIR, got {spec!r}")
-        s = read_scalars(logdir, TAGS)
+        s = {t: a[np.argsort(a[:, 0], kind="stable")] for t, a in read_events(logdir, TAGS).items()}
         summary = {}
         for ax, tag in zip(axes, TAGS):
             if tag not in s:

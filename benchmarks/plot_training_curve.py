@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 
-def read_scalars(logdir: str | Path, tags: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """tag → (steps, values) from every event file under ``logdir``."""
+def read_events(logdir: str | Path, tags: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    """tag → (k, 3) array of (step, value, wall time) from every event file under ``logdir``, in file order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list] = {t: [] for t in tags}
@@ -27,8 +27,13 @@ def read_scalars(logdir: str | Path, tags: list[str]) -> dict[str, tuple[np.ndar
         acc.Reload()
         for tag in tags:
             if tag in acc.Tags()["scalars"]:
-                out[tag] += [(e.step, e.value) for e in acc.Scalars(tag)]
-    return {t: (np.array([s for s, _ in v]), np.array([x for _, x in v])) for t, v in out.items() if v}
+                out[tag] += [(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)]
+    return {t: np.array(v) for t, v in out.items() if v}
+
+
+def read_scalars(logdir: str | Path, tags: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tag → (steps, values) from every event file under ``logdir``."""
+    return {t: (a[:, 0], a[:, 1]) for t, a in read_events(logdir, tags).items()}
 
 
 def main() -> None:
