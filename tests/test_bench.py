@@ -141,6 +141,28 @@ def test_return_agreement_checks_the_pairs_whose_outcomes_differ():
     assert return_agreement([e for e in episodes if e["seed"] == 0], names) == []  # one pair each: no interval
 
 
+def test_sample_intervals_are_exact_binomial_intervals():
+    from types import SimpleNamespace
+
+    import torch
+
+    from unlearn_gym.bench import sample_intervals
+
+    # label 1 (contaminated): 3 of 4 samples called the contaminant (class 10); labels 0 and 2: 3 of 4 right
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2])
+    predictions = torch.tensor([0, 0, 10, 10, 10, 1, 2, 9])
+    out = sample_intervals(SimpleNamespace(labels=labels, predictions=predictions), 1, 10)
+    # Clopper–Pearson for 3 of 4: [Beta⁻¹(0.025; 3, 2), Beta⁻¹(0.975; 4, 1)] = [0.194120, 0.993691]
+    assert out["forget_rate"]["value"] == 0.75
+    assert out["forget_rate"]["ci_low"] == pytest.approx(0.194120, abs=1e-6)
+    assert out["forget_rate"]["ci_high"] == pytest.approx(0.993691, abs=1e-6)
+    assert out["retain_accuracy"]["value"] == 0.75  # pooled over labels 0 and 2
+    # none of 100 called the contaminant: [0, 1 − 0.025^(1/100)] = [0, 0.036217], not a point at 0
+    none = sample_intervals(SimpleNamespace(labels=torch.ones(100), predictions=torch.ones(100)), 1, 10)
+    assert none["forget_rate"]["ci_low"] == 0.0 and none["forget_rate"]["ci_high"] == pytest.approx(0.036217, abs=1e-6)
+    assert np.isnan(none["retain_accuracy"]["value"])  # no retain samples
+
+
 def test_spread_vs_reference_pairs_by_seed():
     wild = [0.0, 0.4, 0.05, 0.5, 0.1, 0.45]  # a policy whose outcome depends on the seed
     episodes = [ep("static:0.5", s, 0.3, 0.05 + 0.01 * (s % 2), 0.9) for s in range(6)]
@@ -251,7 +273,12 @@ def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
         "per_label_accuracy",
         "damage",
         "adjusted_forget_rate",
+        "intervals",
     }
+    for metric in ("forget_rate", "retain_accuracy"):  # over the pretrained evaluation's own samples
+        cell = summary["pretrained"]["intervals"][metric]
+        assert cell["value"] == pytest.approx(summary["pretrained"][metric])
+        assert 0.0 <= cell["ci_low"] <= cell["value"] <= cell["ci_high"] <= 1.0
     assert summary["pretrained"]["damage"] == 0.0
     assert summary["pretrained"]["adjusted_forget_rate"] == summary["pretrained"]["forget_rate"]
     assert summary["pretrained"]["forget_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 samples of label 1

@@ -60,6 +60,7 @@ __all__ = [
     "read_episode_log",
     "add_outcome_scores",
     "return_agreement",
+    "sample_intervals",
     "spread_vs_reference",
     "run_benchmark",
     "write_report",
@@ -316,6 +317,7 @@ def run_benchmark(
         pretrained = dict(ev.figures)
         grids["pretrained"] = _grid_images(ev, runner.num_labels, config)
         samples["pretrained"] = (ev.images, ev.labels)
+        pretrained["intervals"] = sample_intervals(ev, runner.contaminated_label, runner.contaminant_class)
         log(
             f"pretrained: forget_rate {ev.figures['forget_rate']:.3f}, retain_accuracy "
             f"{ev.figures['retain_accuracy']:.3f} ({time.perf_counter() - t0:.1f} s)"
@@ -326,6 +328,7 @@ def run_benchmark(
         t0 = time.perf_counter()
         ev = runner.evaluate_reference(retrained_dir, log)
         retrained = {**ev.figures, "checkpoint": str(retrained_dir)}
+        retrained["intervals"] = sample_intervals(ev, runner.contaminated_label, runner.contaminant_class)
         runner.set_distance_reference(ev)
         retrained |= runner.distance_to_retrained(ev)
         pretrained |= runner.distance_to_retrained(
@@ -569,6 +572,7 @@ class EpisodeRunner:
         scenario = getattr(base, "scenario", None)  # SFD-v0 is data-free: no scenario
         self.num_labels = getattr(scenario, "num_labels", None)
         self.contaminated_label = getattr(scenario, "contaminated_label", None)
+        self.contaminant_class = getattr(scenario, "contaminant_class", None)
         if config.samples_per_label > 0:
             from .assets import bundled_model_dir
 
@@ -581,6 +585,7 @@ class EpisodeRunner:
             )
             scen = model_config["scenario"]
             self.num_labels, self.contaminated_label = scen["num_labels"], scen["contaminated_label"]
+            self.contaminant_class = scen["contaminant_class"]
             self._eval_kw = dict(
                 num_labels=scen["num_labels"],
                 contaminated_label=scen["contaminated_label"],
@@ -1256,6 +1261,38 @@ def compare_with_reference(
     return out
 
 
+def sample_intervals(ev, contaminated_label: int, contaminant_class: int, confidence: float = 0.95) -> dict[str, dict]:
+    """Exact 95% intervals of one evaluated model's forget rate and retain accuracy, over its samples.
+
+    A reference row (the pretrained or the retrained model) is one evaluation, not a mean over
+    episodes: its uncertainty is the sampling of its own evaluation. Each figure is a share of
+    samples (the contaminated label's samples called the contaminant; every other label's called
+    their label, pooled: with equal counts per label the pooled share is the mean over labels), so
+    its interval is the Clopper–Pearson interval of that binomial share (``scipy.stats.binomtest``):
+    unlike a bootstrap over the samples, it does not collapse to a point at 0 or 1 (0 of 100: [0, 0.036]).
+
+    Returns:
+        {"forget_rate": {value, ci_low, ci_high}, "retain_accuracy": {...}}.
+    """
+    from scipy.stats import binomtest
+
+    labels = np.asarray(ev.labels.cpu() if hasattr(ev.labels, "cpu") else ev.labels)
+    predictions = np.asarray(ev.predictions.cpu() if hasattr(ev.predictions, "cpu") else ev.predictions)
+    is_c = labels == contaminated_label
+    hits = {
+        "forget_rate": predictions[is_c] == contaminant_class,
+        "retain_accuracy": predictions[~is_c] == labels[~is_c],
+    }
+    out = {}
+    for metric, hit in hits.items():
+        if hit.size == 0:
+            out[metric] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+            continue
+        ci = binomtest(int(hit.sum()), int(hit.size)).proportion_ci(confidence_level=confidence, method="exact")
+        out[metric] = {"value": float(hit.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high)}
+    return out
+
+
 SPREAD_METRIC = "forget_rate"
 """The metric whose spread over the seeds :func:`spread_vs_reference` compares with the reference's."""
 
@@ -1452,7 +1489,8 @@ def to_markdown(result: dict, command: str | None = None) -> str:
             if s.get("sampler", {}).get("kind", "ddim") == "ddim"
             else "one-step generator"
         )
-        + f", seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes."
+        + f", seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes; reference "
+        "rows: the one evaluation's figure [exact 95% binomial interval over its own samples]."
     )
     lines.append("")
     columns = [("forget_rate ↓", "forget_rate"), ("retain_accuracy ↑", "retain_accuracy")]
@@ -1468,7 +1506,7 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     for label, key in (("pretrained (no unlearning)", "pretrained"), ("retrained without the forget set", "retrained")):
         ref = result.get(key)
         if ref:
-            cells = " | ".join(f"{ref[k]:.3f}" if k in ref else "–" for _, k in columns)
+            cells = " | ".join(_reference_cell(ref, k) for _, k in columns)
             lines.append(f"| {label} | – | – | {cells} | – | – | – |")
     for name, row in result["summary"].items():
         cells = " | ".join(_fmt(row.get(k)) for _, k in columns)
@@ -1539,6 +1577,16 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         if any("fidelity" in row for row in result["summary"].values()):
             lines += ["", _fidelity_episodes_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def _reference_cell(ref: dict, metric: str) -> str:
+    """A reference row's figure, with its interval over the row's own samples where there is one."""
+    if metric not in ref:
+        return "–"
+    cell = ref.get("intervals", {}).get(metric)
+    if cell is None or not np.isfinite(cell["ci_low"]):
+        return f"{ref[metric]:.3f}"
+    return f"{ref[metric]:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
 
 
 def _pair_cell(pair: dict, metric: str) -> str:
@@ -1679,7 +1727,8 @@ def json_summary(result: dict) -> dict:
     ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
     per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
     ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
-    {forget_rate, retain_accuracy, per_label_accuracy} for the model at reset, and ``retrained``
+    {forget_rate, retain_accuracy, per_label_accuracy, intervals (:func:`sample_intervals`)} for the
+    model at reset, and ``retrained``
     likewise for the model retrained without the forget set (with ``retain_fid_retrained``,
     ``retain_kid_retrained``, as every policy has them, when it is the reference)."""
     out = {}
@@ -1695,6 +1744,8 @@ def json_summary(result: dict) -> dict:
                 for k in ("damage", "adjusted_forget_rate", "retain_fid_retrained", "retain_kid_retrained")
                 if k in ref
             }
+            if "intervals" in ref:
+                out[key]["intervals"] = {m: {k: _finite(v) for k, v in c.items()} for m, c in ref["intervals"].items()}
     for name, row in result["summary"].items():
         out[name] = {
             k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
