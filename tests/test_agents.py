@@ -257,8 +257,7 @@ def test_logs_name_every_statistic_of_the_env(env_id, tiny_checkpoint):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from unlearn_gym.agents.callbacks import REWARD_KEYS, UnlearningLogCallback, step_keys
-    from unlearn_gym.engine import StepStats
-    from unlearn_gym.sfd_engine import SFDStepStats
+    from unlearn_gym.engines import SFDStepStats, StepStats
 
     stats_class = StepStats if env_id.endswith("SISS-v0") else SFDStepStats
     kw = dict(checkpoint=str(tiny_checkpoint), batch_size=2, probe_size=1, horizon=2, device="cpu")

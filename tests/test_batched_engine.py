@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_gym.engine import HybridEngine, UnlearningEngine
+from unlearn_gym.engines import HybridEngine, UnlearningEngine
 from unlearn_gym.models import load_model
 from unlearn_gym.objectives.hybrid import HybridConfig
 from unlearn_gym.objectives.siss import SISSConfig

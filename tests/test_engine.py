@@ -4,7 +4,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from unlearn_gym.engine import STAT_NAMES, UnlearningEngine
+from unlearn_gym.engines import STAT_NAMES, UnlearningEngine
 from unlearn_gym.models import load_model
 from unlearn_gym.objectives.siss import EstimatorVariances, SISSConfig
 

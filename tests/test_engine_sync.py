@@ -12,11 +12,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from unlearn_gym.engine import HybridEngine, UnlearningEngine
+from unlearn_gym.engines import HybridEngine, SFDEngine, UnlearningEngine
 from unlearn_gym.models import load_model
 from unlearn_gym.objectives.hybrid import HybridConfig
 from unlearn_gym.objectives.siss import SISSConfig
-from unlearn_gym.sfd_engine import SFDEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -124,7 +124,7 @@ def test_the_denoising_probe_is_measured_only_where_it_is_read(make, monkeypatch
     last step (its final efficacy and degradation): the episode's observations, rewards and final
     info equal those of the same env measuring it at every step; with probe shaping it measures it
     at every step."""
-    from unlearn_gym.engine import UnlearningEngine
+    from unlearn_gym.engines import UnlearningEngine
 
     requested = []
     update = UnlearningEngine.update

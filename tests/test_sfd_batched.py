@@ -156,9 +156,9 @@ def test_sfd_vector_env_run_i_is_the_single_env_seeded_like_it(tiny_checkpoint):
 
 
 def test_sfd_engine_per_run_restore_ema_and_bad_input(tiny_checkpoint):
+    from unlearn_gym.engines import SFDEngine
     from unlearn_gym.models import load_model
     from unlearn_gym.objectives.sfd import SFDConfig
-    from unlearn_gym.sfd_engine import SFDEngine
 
     unet, _ = load_model(tiny_checkpoint)
     engine = SFDEngine(unet, 0, list(range(1, 10)), SFDConfig(batch_size=2, lr=LR), num_runs=2, executor="loop")

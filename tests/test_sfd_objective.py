@@ -131,7 +131,7 @@ def test_vmapped_gradients_equal_the_eager_ones_in_float64(one_thread):
     """Both gradients (ψ step, θ step) under ``vmap`` over two stacked runs equal the eager per-run ones."""
     from torch.func import stack_module_state, vmap
 
-    from unlearn_gym.engine import math_attention
+    from unlearn_gym.engines import math_attention
     from unlearn_gym.objectives.sfd import SFDBatch, fake_score_step
 
     theta, teacher, psi, gamma, sigma = _nets()

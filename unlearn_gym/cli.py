@@ -729,7 +729,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_perf(args: argparse.Namespace) -> int:
     """Time a plain DDPM step, the SISS update and env.step; with --num-envs, N batched runs per executor."""
-    from .engine import EXECUTORS
+    from .engines import EXECUTORS
     from .perf import profile_runs, profile_step
 
     _set_threads(args.threads)

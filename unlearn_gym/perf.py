@@ -84,7 +84,7 @@ def profile_step(
     not depend on them); the data is the ``default`` scenario.
     """
     from .data.scenarios import load_scenario
-    from .engine import UnlearningEngine
+    from .engines import UnlearningEngine
     from .envs.siss_env import SISSEnv
     from .models.checkpoint import save_model
     from .models.unet import PRESETS, make_unet, noise_schedule, scheduler_config

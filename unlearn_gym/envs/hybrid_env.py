@@ -68,7 +68,7 @@ class HybridEnv(SISSEnv):
     FEATURE_STATS = ("loss_r", "loss_align", "grad_siss_norm", "grad_align_norm")
 
     def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
-        from ..engine import HybridEngine
+        from ..engines import HybridEngine
         from ..objectives.hybrid import HybridConfig
 
         self._load_scenario(model_config)

@@ -129,9 +129,9 @@ class SFDEnv(UnlearningEnv):
     # -- construction --------------------------------------------------------------------------
 
     def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
+        from ..engines import SFDEngine
         from ..metrics.classifier import classifier_dir_for, load_classifier
         from ..objectives.sfd import SFDConfig
-        from ..sfd_engine import SFDEngine
 
         cfg = self.config
         self.num_labels = int(model_config["scenario"]["num_labels"])

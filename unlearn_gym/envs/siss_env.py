@@ -231,7 +231,7 @@ class SISSEnv(UnlearningEnv):
         self._full_forget = self.scenario.forget
 
     def _make_engine(self, unet, model_config: dict, device: str, num_runs: int = 1, executor: str = "auto"):
-        from ..engine import UnlearningEngine
+        from ..engines import UnlearningEngine
 
         self._load_scenario(model_config)
         return UnlearningEngine(

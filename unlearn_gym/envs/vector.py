@@ -2,8 +2,8 @@
 
 ``gymnasium.make_vec("unlearn_gym/SISS-v0", num_envs=N, vectorization_mode="vector_entry_point")``
 (and ``SFD-v0``, ``Hybrid-v0``) returns an :class:`UnlearningVectorEnv`: every ``step`` advances
-all N runs in one batched engine update (:class:`~unlearn_gym.engine.UnlearningEngine`,
-:class:`~unlearn_gym.sfd_engine.SFDEngine`), and run i behaves as the single env seeded like run
+all N runs in one batched engine update (:class:`~unlearn_gym.engines.UnlearningEngine`,
+:class:`~unlearn_gym.engines.SFDEngine`), and run i behaves as the single env seeded like run
 i. The action decoding, observation and reward are the single env's own
 (:meth:`UnlearningEnv.decode_action`, :meth:`UnlearningEnv.advance_episode`); this module only
 batches them.

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from .engine import Executor, HostStats, RunEngine, RunStats, adamw_, math_attention
-from .models.unet import noise_schedule
-from .objectives.common import global_norm
-from .objectives.sfd import (
+from ..models.unet import noise_schedule
+from ..objectives.common import global_norm
+from ..objectives.sfd import (
     SFDBatch,
     SFDConfig,
     draw_sfd_batch,
@@ -28,6 +27,7 @@ from .objectives.sfd import (
     generator_sample,
     sfd_generator_step,
 )
+from .run_axis import Executor, HostStats, RunEngine, RunStats, adamw_, math_attention
 
 __all__ = ["SFDEngine", "SFDStepStats", "SFD_STAT_NAMES"]
 

@@ -1,77 +1,37 @@
-"""The unlearning engine: owns N runs' models, their optimizer states, data streams and probes.
+"""The SISS engine: N independent runs of the SISS objective (DESIGN §2), and its statistics.
 
-``update(λ)`` performs one unlearning step of every run (draw a batch, evaluate the objective,
-clip, AdamW, measure the fixed probe) and returns the runs' statistics after exactly one
-device→host copy. ``restore(runs)`` puts the pretrained weights and a fresh optimizer state back
-in place on the device, for some runs or all. N = 1 is the single env's engine. Envs translate
-actions into λ and statistics into observations; they never touch the model.
+``update(λ)`` draws a batch per run, evaluates SISS, clips, steps AdamW and (on request) measures the
+fixed denoising probe, then returns every run's :class:`StepStats` after one device→host copy.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.func import vmap
 
-from .data.scenarios import ImageSet
-from .models.checkpoint import load_tensors, save_tensors_atomic
-from .models.unet import noise_schedule
-from .objectives.common import call, global_norm
-from .objectives.siss import OBJECTIVES, SISSBatch, SISSConfig, draw_batch
+from ..data.scenarios import ImageSet
+from ..models.checkpoint import load_tensors, save_tensors_atomic
+from ..models.unet import noise_schedule
+from ..objectives.common import call, global_norm
+from ..objectives.siss import OBJECTIVES, SISSBatch, SISSConfig, draw_batch
+from .run_axis import (
+    GRAPH_WARMUP_STEPS,
+    MAX_GRAPHS,
+    CapturedUpdate,
+    Executor,
+    HostStats,
+    RunEngine,
+    RunStats,
+    adamw_,
+    math_attention,
+)
 
-__all__ = [
-    "EXECUTORS",
-    "HostStats",
-    "RunStats",
-    "StepStats",
-    "UnlearningEngine",
-    "STAT_NAMES",
-    "HybridEngine",
-    "HybridStepStats",
-    "HYBRID_STAT_NAMES",
-    "RunEngine",
-    "adamw_",
-    "math_attention",
-]
-
-
-class HostStats:
-    """Base of the frozen dataclasses that hold one update's statistics as host floats (field order =
-    the order of the engine's stats tensor)."""
-
-    @property
-    def finite(self) -> bool:
-        return all(math.isfinite(v) for v in self._values())
-
-    def finite_except(self, names: tuple[str, ...]) -> bool:
-        """Every statistic but ``names`` is finite (those may be NaN by request, e.g. an unmeasured probe)."""
-        return all(math.isfinite(getattr(self, name)) for name in self.names() if name not in names)
-
-    def as_array(self) -> np.ndarray:
-        return np.array(self._values(), dtype=np.float64)
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.names(), self._values()))
-
-    def _values(self) -> list[float]:
-        # the fields' values (floats: no ``dataclasses.astuple``/``asdict``, which deep-copy each one)
-        return [getattr(self, name) for name in self.names()]
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The statistics' names: the dataclass's fields, in the order of the engine's stats tensor."""
-        names = cls.__dict__.get("_field_names")
-        if names is None:
-            names = tuple(f.name for f in fields(cls))
-            cls._field_names = names  # a class attribute (not a field), computed once per class
-        return names
+__all__ = ["STAT_NAMES", "StepStats", "UnlearningEngine"]
 
 
 @dataclass(frozen=True)
@@ -135,230 +95,6 @@ class StepStats(HostStats):
 
 STAT_NAMES = StepStats.names()
 """The field names of :class:`StepStats`, in the order of the engine's stats tensor."""
-
-
-Executor = Literal["auto", "vmap", "loop", "graph"]
-EXECUTORS = ("auto", "vmap", "loop", "graph")
-
-
-def resolve_executor(executor: str, device: torch.device) -> str:
-    """ "auto" ↦ "vmap" on CUDA and "loop" elsewhere (on the CPU a loop is faster, DESIGN §11).
-
-    "graph" (the vmapped update captured once as a CUDA graph and replayed) needs a CUDA device.
-    """
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-    if executor == "auto":
-        return "vmap" if device.type == "cuda" else "loop"
-    if executor == "graph" and device.type != "cuda":
-        raise ValueError(
-            f"executor='graph' needs a CUDA device (it captures the update as a torch.cuda.CUDAGraph), "
-            f"got device {str(device)!r}; use executor='loop' (the CPU default) or 'vmap'"
-        )
-    return executor
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """The statistics of one update (or evaluation) of several runs, copied to the host at once.
-
-    ``values[i]`` is the i-th run's row: the fields of ``stats_class`` in their order.
-    """
-
-    values: np.ndarray
-    """(n, k) float64: one row per run."""
-    stats_class: type
-    """The frozen dataclass of one row (:class:`StepStats`, :class:`HybridStepStats`)."""
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, i: int) -> HostStats:
-        """Run i's row as a ``stats_class`` instance."""
-        return self.stats_class(*self.values[i].tolist())
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    @property
-    def finite(self) -> np.ndarray:
-        """(n,) bool: every statistic of the run is finite (False marks a diverged run)."""
-        return np.all(np.isfinite(self.values), axis=1)
-
-    def column(self, name: str) -> np.ndarray:
-        """(n,) the statistic ``name`` of every run."""
-        return self.values[:, self.stats_class.names().index(name)]
-
-
-GRAPH_WARMUP_STEPS = 2
-"""Eager steps on a side stream before a capture (their changes to the runs are undone)."""
-MAX_GRAPHS = 4
-"""Captured updates kept per engine (one per combination of forget sets and probe measurement;
-least recently used dropped)."""
-
-
-@dataclass
-class _CapturedUpdate:
-    """One update of the N runs captured as a CUDA graph, with its static input and output buffers."""
-
-    graph: torch.cuda.CUDAGraph
-    lam: torch.Tensor
-    """(N,) float64 λ_i, copied in before each replay."""
-    scale: torch.Tensor
-    """(N,) float64 forget strengths, copied in before each replay."""
-    stats: torch.Tensor
-    """(N, k) the statistics the replay writes."""
-    inputs: tuple[torch.Tensor, ...]
-    """The tensors the capture read by address (held so that they stay alive)."""
-
-
-def math_attention():
-    """Under ``vmap`` the UNet's attention must use the math SDPA backend (DESIGN §11)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
-
-
-@torch.no_grad()
-def adamw_(
-    params: dict[str, torch.Tensor],
-    exp_avg: dict[str, torch.Tensor],
-    exp_avg_sq: dict[str, torch.Tensor],
-    steps: torch.Tensor,
-    grads,
-    run: int | None,
-    *,
-    lr: float,
-    betas: tuple[float, float],
-    weight_decay: float = 0.0,
-    eps: float = 1e-8,
-) -> None:
-    """One AdamW step (``torch.optim.AdamW``'s arithmetic; Adam when ``weight_decay`` = 0) on stacked runs.
-
-    θ ← θ·(1 − lr·wd); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
-    θ ← θ − lr/(1 − β₁^k) · m/(√v/√(1 − β₂^k) + eps), with k the run's own step count.
-
-    Args:
-        params, exp_avg, exp_avg_sq: name → (N, ...) stacks, updated in place.
-        steps: (N,) float64 step counts k, incremented in place.
-        grads: one (N, ...) gradient per parameter (``run`` None) or one run's (...) gradients.
-        run: the run to step, or None for every run at once.
-    """
-    beta1, beta2 = betas
-    sl = slice(None) if run is None else run
-    steps[sl] += 1
-    step = steps[sl]
-    bias_correction1 = 1 - torch.pow(beta1, step)
-    bias_correction2 = 1 - torch.pow(beta2, step)
-    step_size_neg = -torch.div(torch.full_like(step, lr), bias_correction1)
-    bias_correction2_sqrt = bias_correction2.sqrt()
-    for (name, p), g in zip(params.items(), grads):
-        p, m, v = p[sl], exp_avg[name][sl], exp_avg_sq[name][sl]
-        shape = (-1,) + (1,) * (p.ndim - 1) if run is None else ()
-        if weight_decay:
-            p.mul_(1 - lr * weight_decay)
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / bias_correction2_sqrt.to(p.dtype).view(shape)).add_(eps)
-        p.add_(m.mul(step_size_neg.to(p.dtype).view(shape)).div_(denom))
-
-
-class RunEngine:
-    """What every N-run engine shares: the run axis, run selection, per-run arguments, the one host
-    copy of the statistics, seeding (:meth:`seed`), and :meth:`model`.
-
-    A subclass calls :meth:`_init_runs` and sets ``params`` (name → (N, ...) the runs' model
-    weights θ_i), ``_module`` (the architecture whose parameters ``params`` replaces),
-    ``generators`` (one per run), ``probe_size``, ``_probe_valid`` ((N,) bool) and
-    :meth:`_redraw_probe` (draw run i's fixed probe from its generator).
-    """
-
-    stats_class: type[HostStats]
-    """The statistics of one run's step, in the order of the engine's stats tensor."""
-    params: dict[str, torch.Tensor]
-    _module: torch.nn.Module
-
-    def _init_runs(self, num_runs: int, executor: str, device: str | torch.device) -> int:
-        if not isinstance(num_runs, (int, np.integer)) or isinstance(num_runs, bool) or num_runs < 1:
-            raise ValueError(f"num_runs must be an int >= 1, got {num_runs!r}")
-        self.device = torch.device(device)
-        self.executor = resolve_executor(executor, self.device)
-        self.num_runs = int(num_runs)
-        self._models: dict[int, torch.nn.Module] = {}
-        return self.num_runs
-
-    def _runs(self, runs) -> list[int]:
-        """``runs`` (None: all; a bool mask (N,); or indices) as a sorted list of run indices."""
-        if runs is None:
-            return list(range(self.num_runs))
-        arr = np.asarray(runs)
-        if arr.dtype == bool:
-            if arr.shape != (self.num_runs,):
-                raise ValueError(f"run mask: expected shape ({self.num_runs},), got {arr.shape}")
-            return [int(i) for i in np.flatnonzero(arr)]
-        idx = [int(i) for i in np.atleast_1d(arr)]
-        bad = [i for i in idx if not 0 <= i < self.num_runs]
-        if bad:
-            raise ValueError(f"runs must be indices in [0, {self.num_runs}), got {bad}")
-        return sorted(set(idx))
-
-    def seed(self, seeds, runs=None) -> None:
-        """Seed each run's data stream and redraw its fixed probe from it (:meth:`_redraw_probe`).
-
-        Args:
-            seeds: one int per selected run (an int is allowed when one run is selected).
-            runs: None (all runs), a bool mask (N,) or indices.
-        """
-        idx = self._runs(runs)
-        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
-        if len(seeds) != len(idx):
-            raise ValueError(f"seed: expected {len(idx)} seed(s), one per run, got {len(seeds)}")
-        for i, s in zip(idx, seeds):
-            self.generators[i].manual_seed(s)
-            if self.probe_size:
-                self._redraw_probe(i)
-                self._probe_valid[i] = True
-
-    def _per_run(self, value, name: str, n: int) -> np.ndarray:
-        """A scalar or (n,) array of ``name`` as (n,) float64."""
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.ndim == 0:
-            return np.full(n, float(arr))
-        if arr.shape != (n,):
-            raise ValueError(f"{name}: expected a scalar or one value per run, shape ({n},), got {arr.shape}")
-        return arr
-
-    def _to_device(self, arr: np.ndarray) -> torch.Tensor:
-        """A host array (a per-run λ, strength or weights) on the engine's device, without a host sync.
-
-        On a GPU the array goes through pinned memory and an asynchronous copy, ordered on the stream
-        before the kernels that read it (a copy from pageable memory would synchronise the host); on
-        the CPU it is the array itself (no copy).
-        """
-        t = torch.as_tensor(arr)
-        if self.device.type == "cpu":
-            return t
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _to_host(self, stats: torch.Tensor) -> RunStats:
-        return RunStats(stats.to("cpu", torch.float64).numpy(), self.stats_class)  # the one host copy
-
-    def model(self, run: int = 0) -> torch.nn.Module:
-        """A UNet whose parameters are run ``run``'s weights (aliases, not copies: it follows the run).
-
-        For sampling, evaluation and saving; do not train it (the engine owns the weights).
-        """
-        if not 0 <= run < self.num_runs:
-            raise ValueError(f"run must be in [0, {self.num_runs}), got {run}")
-        if run not in self._models:
-            module = copy.deepcopy(self._module)
-            for name, p in self.params.items():
-                owner, _, leaf = name.rpartition(".")
-                module.get_submodule(owner).register_parameter(leaf, torch.nn.Parameter(p[run], requires_grad=False))
-            self._models[run] = module
-        return self._models[run]
 
 
 class UnlearningEngine(RunEngine):
@@ -461,7 +197,7 @@ class UnlearningEngine(RunEngine):
         )
         self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
         self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
-        self._graphs: dict[tuple, _CapturedUpdate] = {}
+        self._graphs: dict[tuple, CapturedUpdate] = {}
         """The graph executor's captured updates, keyed by the tensors they read (:meth:`_graph_inputs`)."""
 
     # -- runs and data ------------------------------------------------------------------------
@@ -669,7 +405,7 @@ class UnlearningEngine(RunEngine):
         for g, state in zip(self.generators, rng, strict=True):
             g.set_state(state)
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...], measure_probe: bool = True) -> _CapturedUpdate:
+    def _capture(self, inputs: tuple[torch.Tensor, ...], measure_probe: bool = True) -> CapturedUpdate:
         """Capture :meth:`_step` ("vmap") once as a CUDA graph (the recipe of DESIGN §11).
 
         1. static inputs: (N,) float64 λ and forget-strength buffers, made before the capture;
@@ -696,7 +432,7 @@ class UnlearningEngine(RunEngine):
         with torch.cuda.graph(graph):
             stats = self._step(lam, scale, "vmap", measure_probe)
         self._load_step_state(saved)  # nothing ran during the capture; the generators start where they were
-        return _CapturedUpdate(graph, lam, scale, stats, inputs)
+        return CapturedUpdate(graph, lam, scale, stats, inputs)
 
     def _graph_update(self, lam: np.ndarray, scale: np.ndarray, measure_probe: bool = True) -> torch.Tensor:
         """Steps 1–5 as one replay of the graph captured for the current forget sets and
@@ -810,83 +546,3 @@ class UnlearningEngine(RunEngine):
         """Load what :meth:`save` wrote."""
         tensors, meta = load_tensors(path, device=self.device)
         self.load_state_dict({"tensors": tensors, "step": json.loads(meta["step"])})
-
-
-@dataclass(frozen=True)
-class HybridStepStats(HostStats):
-    """Statistics of one hybrid update, as host floats (one documented field per statistic)."""
-
-    loss_r: float
-    """SISS's ℓ_x."""
-    loss_f: float
-    """SISS's ℓ_a."""
-    loss_align: float
-    """ℓ_align: the forget label's score against the teacher's retain-class mixture."""
-    grad_siss_norm: float
-    """‖g_S‖ after SISS's surgery."""
-    grad_align_norm: float
-    """‖∇ℓ_align‖."""
-    forget_share: float
-    """Share of SISS's batch drawn from the forget set."""
-    dloss_dlam: float
-    """∂L/∂λ = 2(w·ℓ_align − L_S)."""
-    update_norm: float
-    """‖g‖ of the combined direction before clipping."""
-    probe_r: float
-    """Retain denoising loss on the fixed probe, after the step."""
-    probe_f: float
-    """Forget denoising loss on the fixed probe, after the step."""
-
-
-HYBRID_STAT_NAMES = HybridStepStats.names()
-"""The field names of :class:`HybridStepStats`, in the order of the engine's stats tensor."""
-
-
-class HybridEngine(UnlearningEngine):
-    """:class:`UnlearningEngine` whose update is the SISS + SFD-alignment hybrid.
-
-    The frozen teacher is the engine's on-device copy of the pretrained weights (no extra copy).
-
-    Args:
-        target_classes: the labels whose teacher scores the forget label is aligned to.
-        hybrid: the hybrid's settings (its ``siss`` part replaces ``config``).
-        Other arguments as :class:`UnlearningEngine`.
-    """
-
-    stats_class = HybridStepStats
-
-    def __init__(self, unet, retain, forget, hybrid=None, target_classes=(), **kwargs):
-        from .objectives.hybrid import HybridConfig
-
-        self.hybrid = hybrid if hybrid is not None else HybridConfig()
-        super().__init__(unet, retain, forget, self.hybrid.siss, **kwargs)
-        if not target_classes:
-            raise ValueError("HybridEngine needs at least one target class")
-        self.target_classes = torch.tensor(list(target_classes), dtype=torch.long, device=self.device)
-        self.teacher_params = self._pretrained
-        K = len(self.target_classes)
-        self.target_weights = torch.full((K,), 1.0 / K, device=self.device)
-        """π over ``target_classes``: uniform (a fixed buffer, which a captured update reads by address)."""
-
-    def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
-        from .objectives.hybrid import hybrid_objective
-
-        return hybrid_objective(
-            self._module, params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
-            (self.target_classes, self.target_weights), forget_scale, self.dataset_size, forget_size,
-        )  # fmt: skip
-
-    @staticmethod
-    def _head(res, update_norm: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [
-                res.loss_x,
-                res.loss_a,
-                res.loss_align,
-                res.grad_siss_norm,
-                res.grad_align_norm,
-                res.forget_share,
-                res.dloss_dlam,
-                update_norm.to(res.loss_x.dtype),
-            ]
-        )
