@@ -433,7 +433,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         device=device,
     )
     env.reset(seed=args.seed)
-    unet = env.unwrapped.engine.model()  # read-only here: evaluation of the env's model
+    unet = env.unwrapped.unlearned_model()  # read-only here: evaluation of the env's model
     eval_kw = _evaluation_kwargs(config, args, seed=args.eval_seed)
     t0 = time.perf_counter()
     before = evaluate_model(unet, classifier, **eval_kw)

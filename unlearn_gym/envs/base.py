@@ -153,6 +153,11 @@ class UnlearningEnv(gym.Env):
         self.observation_space = spaces.Box(-cfg.obs_clip, cfg.obs_clip, (len(self.obs_names),), np.float32)
         self._episode = RunEpisode(lam_prev=np.zeros(k))
 
+    def unlearned_model(self, run: int = 0):
+        """Run ``run``'s current model θ_t as a ``UNet2DModel`` whose parameters are views of the engine's
+        weights: for evaluation (sampling, classification), read-only; it changes with every step."""
+        return self.engine.model(run)
+
     @property
     def _ref(self):
         """The reference statistics of the current episode (the engine's evaluation at reset)."""

@@ -101,6 +101,10 @@ class UnlearningVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
 
+    def unlearned_model(self, run: int):
+        """Run ``run``'s current model θ_t (views of the engine's weights; read-only, as the single env's)."""
+        return self.env.unlearned_model(run)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _seeds(self, seed) -> list[int | None]:
