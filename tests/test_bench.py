@@ -247,7 +247,7 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
 
 
 def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
-    from unlearn_gym.bench_stats import iqm
+    from unlearn_gym.bench.stats import iqm
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]
@@ -567,7 +567,7 @@ def test_batched_episodes_equal_the_single_env_episodes(tiny_checkpoint, one_thr
 
     import torch
 
-    from unlearn_gym.bench import _batches
+    from unlearn_gym.bench.runner import _batches
 
     policies = {name: policy_from_spec(name) for name in ("random", "vi-adaptive")}
     config = dataclasses.replace(_config(tiny_checkpoint), seeds=(0, 1, 2), executor="loop", num_envs=2)

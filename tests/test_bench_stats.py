@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unlearn_gym.bench_stats import (
+from unlearn_gym.bench.stats import (
     interval_estimate,
     iqm,
     mean,

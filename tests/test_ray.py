@@ -11,8 +11,8 @@ import pytest
 from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.bench import EPISODE_LOG, BenchConfig, EpisodeRunner, policy_from_spec, run_benchmark
+from unlearn_gym.bench.ray_backend import actor_slots, check_address
 from unlearn_gym.cli import main
-from unlearn_gym.ray_backend import actor_slots, check_address
 
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs them all: one Ray cluster (module fixture)
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import SMALL_SAMPLED_PROBE
 
 from unlearn_gym.bench import EPISODE_LOG, BenchConfig, policy_from_spec, run_benchmark
-from unlearn_gym.recording import EpisodeSteps, StepRecorder, dataset_id
+from unlearn_gym.bench.recording import EpisodeSteps, StepRecorder, dataset_id
 
 
 def _config(tiny_checkpoint, **kw):

@@ -185,7 +185,7 @@ def run_sweep(config: SweepConfig, out: str | Path) -> list[dict]:
     metrics and ``status`` ("ok", or "error: ..." for a trial that raised; its metrics are None).
     Tune's own files go to ``out/tune``; each agent to ``out/trials/<name>``.
     """
-    from .ray_backend import ray_session
+    from .bench.ray_backend import ray_session
 
     out = Path(out).resolve()  # Tune runs each trial in a folder of its own: absolute paths only
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def run_sweep(config: SweepConfig, out: str | Path) -> list[dict]:
     with ray_session(config.ray_address) as ray:
         from ray import tune
 
-        from .ray_backend import actor_slots
+        from .bench.ray_backend import actor_slots
 
         actor_slots(ray.cluster_resources(), config.cpus_per_trial, config.gpus_per_trial)  # fits at least one
         trainable = tune.with_resources(

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bench import BenchConfig
+    from .runner import BenchConfig
 
 __all__ = ["check_address", "ray_session", "require_ray", "run_on_ray"]
 
@@ -114,7 +114,7 @@ class _EpisodeActor:
     def __init__(self, policies: Mapping[str, Any], config: BenchConfig, record: bool) -> None:
         import torch
 
-        from .bench import EpisodeRunner
+        from .runner import EpisodeRunner
 
         torch.set_num_threads(max(1, int(config.cpus_per_trial)))
         self.runner = EpisodeRunner(policies, config, record=record)

@@ -7,7 +7,7 @@ unnormalised) episode return is recorded, and the unlearned model is evaluated b
 rate, retain accuracy; the Table-1 metrics on request) with one fixed evaluation seed, the same
 noise for every model. Summaries are the mean and the 95% confidence half-width of Student's t
 over the episodes of each policy, paired verdicts against a reference policy, and rliable's
-aggregates (:mod:`unlearn_gym.bench_stats`): IQM and mean with stratified-bootstrap intervals
+aggregates (:mod:`unlearn_gym.bench.stats`): IQM and mean with stratified-bootstrap intervals
 (strata: the instances) and the probability of improvement over the reference.
 
 With ``log_path``, every finished episode is appended to a JSON-lines log (``episodes.jsonl``:
@@ -18,11 +18,11 @@ episode into the next beyond what ``reset(seed)`` sets (true of every bundled po
 ``predict`` is stateless when deterministic).
 
 The episodes run in this process, in ``workers`` spawned processes, or on Ray actors
-(``backend="ray"``, :mod:`unlearn_gym.ray_backend`); each way yields (index, outcome) to the same
+(``backend="ray"``, :mod:`unlearn_gym.bench.ray_backend`); each way yields (index, outcome) to the same
 bookkeeping, so the log, a resume and the report do not depend on it. With ``num_envs`` N > 1 each
 of them runs a policy's episodes N at a time as the runs of one batched vector env
 (:meth:`EpisodeRunner.episodes`), with the same records. With ``record``, every
-episode's steps also become Minari datasets (:mod:`unlearn_gym.recording`).
+episode's steps also become Minari datasets (:mod:`unlearn_gym.bench.recording`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .policy_specs import policy_from_spec, policy_name  # the registry sits above baselines/ and agents/
-
 if TYPE_CHECKING:
-    from .metrics.robustness import RobustnessConfig
+    from ..metrics.robustness import RobustnessConfig
 
 __all__ = [
     "BENCH_ENV_KWARGS",
@@ -55,8 +53,6 @@ __all__ = [
     "EPISODE_LOG",
     "confidence_interval",
     "aggregate_statistics",
-    "policy_from_spec",
-    "policy_name",
     "read_episode_log",
     "add_outcome_scores",
     "return_agreement",
@@ -269,7 +265,7 @@ def run_benchmark(
             (``reference``, the bootstrap settings and how the episodes run may differ).
         record: a folder for Minari datasets: every episode's steps (observations, actions,
             rewards, terminations, truncations, the step statistics of ``info``), one dataset per
-            policy, id :func:`~unlearn_gym.recording.dataset_id` (load them with
+            policy, id :func:`~unlearn_gym.bench.recording.dataset_id` (load them with
             ``MINARI_DATASETS_PATH`` = this folder). With ``resume``, the logged episodes' steps
             come from ``episode_samples/``: the interrupted run must have recorded too.
 
@@ -482,7 +478,7 @@ def run_benchmark(
         result["datasets"] = {"path": str(record), "ids": ids}
         log(f"Minari datasets in {record}: {', '.join(ids.values())}")
     if config.metrics == "full" and evaluate is not None:
-        from .metrics.table import SampleSet, fidelity_table
+        from ..metrics.table import SampleSet, fidelity_table
 
         log("Table 1 metrics (FID/KID/IS/SSIM with the classifier's features) ...")
         sets = {n: SampleSet(x, y) for n, (x, y) in samples.items()}
@@ -514,7 +510,7 @@ def fidelity_by_episode(
     labels'. With a few hundred samples per episode, FID and KID are biased upward (FID's covariance
     is singular below 128 samples): compare episodes at equal sample counts, as the bench does.
     """
-    from .metrics.table import SampleSet, fidelity_table
+    from ..metrics.table import SampleSet, fidelity_table
 
     order = sorted(pooled)
     table = fidelity_table(
@@ -543,7 +539,7 @@ class EpisodeRunner:
     Args:
         policies: name → policy (as :func:`run_benchmark` takes them).
         config: the env and evaluation settings.
-        record: also keep every step of each episode (:class:`~unlearn_gym.recording.EpisodeSteps`).
+        record: also keep every step of each episode (:class:`~unlearn_gym.bench.recording.EpisodeSteps`).
     """
 
     def __init__(self, policies: Mapping[str, Any], config: BenchConfig, *, record: bool = False):
@@ -551,8 +547,8 @@ class EpisodeRunner:
 
         import unlearn_gym  # noqa: F401  (registers the envs)
 
-        from .metrics.classifier import classifier_dir_for, load_classifier
-        from .models.checkpoint import load_model_config
+        from ..metrics.classifier import classifier_dir_for, load_classifier
+        from ..models.checkpoint import load_model_config
 
         self.policies, self.config, self.record = policies, config, record
         self.env = gym.make(config.env_id, **config.env_kwargs)
@@ -574,7 +570,7 @@ class EpisodeRunner:
         self.contaminated_label = getattr(scenario, "contaminated_label", None)
         self.contaminant_class = getattr(scenario, "contaminant_class", None)
         if config.samples_per_label > 0:
-            from .assets import bundled_model_dir
+            from ..assets import bundled_model_dir
 
             self.checkpoint = checkpoint = (
                 Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
@@ -602,7 +598,7 @@ class EpisodeRunner:
 
     def retrained_dir(self) -> Path | None:
         """The retrained-without-the-forget-set model of ``config.retrained`` (None: no reference)."""
-        from .assets import bundled_model_dir, bundled_retrained_dir
+        from ..assets import bundled_model_dir, bundled_retrained_dir
 
         choice = self.config.retrained
         if choice is None:
@@ -619,7 +615,7 @@ class EpisodeRunner:
 
     def _retain_features(self, ev):
         """The classifier's (n, 128) features of ``ev``'s samples of the retain labels (every label but y_c)."""
-        from .metrics.fidelity import extract_features
+        from ..metrics.fidelity import extract_features
 
         keep = ev.labels.cpu() != self.contaminated_label
         return extract_features(ev.images.cpu()[keep], self.classifier)
@@ -631,7 +627,7 @@ class EpisodeRunner:
     def distance_to_retrained(self, ev) -> dict[str, float]:
         """``retain_fid_retrained`` and ``retain_kid_retrained``: FID and KID (mean over 100 subsets) between
         ``ev``'s retain-label samples and the retrained model's (same initial noises), on the classifier's features."""
-        from .metrics.fidelity import fid_from_features, kid_from_features
+        from ..metrics.fidelity import fid_from_features, kid_from_features
 
         ref, mine = self._retrained_features, self._retain_features(ev)
         size = min(100, len(ref), len(mine))
@@ -651,8 +647,8 @@ class EpisodeRunner:
     def evaluate_reference(self, checkpoint: Path, log: Callable[[str], None] | None = None):
         """A reference model directory's evaluation with this bench's settings (DDIM), through
         :func:`~unlearn_gym.metrics.reference.evaluate_reference_model`'s cache."""
-        from .metrics.forget import SampleEvaluation
-        from .metrics.reference import ReferenceEvalSettings, evaluate_reference_model
+        from ..metrics.forget import SampleEvaluation
+        from ..metrics.reference import ReferenceEvalSettings, evaluate_reference_model
 
         kw = self._eval_kw
         settings = ReferenceEvalSettings(
@@ -667,7 +663,7 @@ class EpisodeRunner:
 
     def _evaluate(self, model=None):
         """Evaluate ``model`` (default: the single env's unlearned model) by sampling."""
-        from .metrics.forget import erasure_figures, evaluate_model
+        from ..metrics.forget import erasure_figures, evaluate_model
 
         model = self.base.engine.model() if model is None else model
         ev = evaluate_model(model, self.classifier, **self._eval_kw)
@@ -699,7 +695,7 @@ class EpisodeRunner:
         The policy is reset with the episode's seed first, so an episode depends on nothing that ran before.
 
         Returns:
-            (record, evaluation or None, :class:`~unlearn_gym.recording.EpisodeSteps` when
+            (record, evaluation or None, :class:`~unlearn_gym.bench.recording.EpisodeSteps` when
             recording, else None).
         """
         config, env, policy = self.config, self.env, self.policies[name]
@@ -753,7 +749,7 @@ class EpisodeRunner:
         """
         import copy
 
-        from .envs.sb3 import unbatch_infos
+        from ..envs.sb3 import unbatch_infos
 
         if not units or len(units) > self.num_envs:
             raise ValueError(f"episodes: expected 1 to {self.num_envs} units, got {len(units)}")
@@ -951,10 +947,10 @@ def _run_in_workers(policies, config: BenchConfig, runs: list, batches: list[lis
     """Run the batches of ``runs`` (each a list of indices k: :meth:`EpisodeRunner.run_units` of
     ``runs[k]``) in ``config.workers`` spawned processes; yields (k, (record, evaluation, steps)) as
     each batch finishes. The workers end with this generator: an exception (Ctrl-C, SIGTERM) or
-    closing it terminates them, and a killed parent is noticed by each (:func:`~unlearn_gym.worker_pool.worker_pool`)."""
+    closing it terminates them, and a killed parent is noticed by each (:func:`~unlearn_gym.bench.workers.worker_pool`)."""
     from concurrent.futures import as_completed
 
-    from .worker_pool import worker_pool
+    from .workers import worker_pool
 
     with worker_pool(
         min(config.workers, len(batches)), initializer=_worker_init, initargs=(dict(policies), config, record)
@@ -967,17 +963,17 @@ def _run_in_workers(policies, config: BenchConfig, runs: list, batches: list[lis
 def _robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) -> tuple[Callable[[], dict], dict]:
     """(attack the env's current model → :func:`~unlearn_gym.metrics.robustness.robustness_figures`,
     the pretrained model's membership figures and forget-rate level). Call right after a reset."""
-    from .assets import bundled_model_dir
-    from .data.scenarios import scenario_of_checkpoint
-    from .metrics.classifier import classifier_dir_for, load_classifier
-    from .metrics.robustness import (
+    from ..assets import bundled_model_dir
+    from ..data.scenarios import scenario_of_checkpoint
+    from ..metrics.classifier import classifier_dir_for, load_classifier
+    from ..metrics.robustness import (
         RobustnessConfig,
         membership_inference,
         robustness_figures,
         sampled_forget_rate,
         summary_figures,
     )
-    from .models.checkpoint import load_model_config
+    from ..models.checkpoint import load_model_config
 
     checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
     model_config = load_model_config(checkpoint)
@@ -1164,7 +1160,7 @@ class _EpisodeLog:
 
     def save_arrays(self, index: int, arrays: dict) -> None:
         """The tensors the ``index``-th episode contributes to the report (before its line is logged)."""
-        from .models.checkpoint import save_tensors_atomic
+        from ..models.checkpoint import save_tensors_atomic
 
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         save_tensors_atomic(arrays, self._arrays_path(index))
@@ -1183,7 +1179,7 @@ class _EpisodeLog:
 
     def load_arrays(self, index: int) -> dict:
         """The tensors :meth:`save_arrays` wrote for the ``index``-th episode, on the CPU."""
-        from .models.checkpoint import load_tensors
+        from ..models.checkpoint import load_tensors
 
         path = self._arrays_path(index)
         if not path.is_file():
@@ -1300,14 +1296,14 @@ SPREAD_METRIC = "forget_rate"
 def spread_vs_reference(
     episodes: list[dict], names: list[str], reference: str | None, metric: str = SPREAD_METRIC
 ) -> dict[str, dict]:
-    """policy → :class:`~unlearn_gym.bench_stats.PairedSpread` (as a dict) of ``metric`` against
+    """policy → :class:`~unlearn_gym.bench.stats.PairedSpread` (as a dict) of ``metric`` against
     ``reference``, paired over the (seed, instance) episodes both ran; {} without the reference.
 
     A policy whose values vary over the seeds more than the reference's at 95% has a spread of its
     own (a random λ, an agent whose outcome depends on the seed): its interval narrows with more
     seeds, not with a finer evaluation.
     """
-    from .bench_stats import paired_spread
+    from .stats import paired_spread
 
     if reference is None or reference not in names:
         return {}
@@ -1339,7 +1335,7 @@ def add_outcome_scores(episodes: list[dict], pretrained: dict, contaminated_labe
 
     Episodes without an evaluation (or without a forget rate) are left as they are.
     """
-    from .metrics.forget import SampledOutcome
+    from ..metrics.forget import SampledOutcome
 
     labels = sorted(pretrained["per_label"], key=int)
     reference = SampledOutcome(
@@ -1411,8 +1407,8 @@ def aggregate_statistics(episodes: list[dict], names: list[str], config: BenchCo
         ``prob_improvement`` = P(policy better than ``config.reference``) (forget rate: lower is
         better), only for the other policies and only when the reference was benchmarked.
     """
-    from .bench_stats import interval_estimate as estimate
-    from .bench_stats import iqm, mean, probability_of_improvement_interval
+    from .stats import interval_estimate as estimate
+    from .stats import iqm, mean, probability_of_improvement_interval
 
     def strata(name: str, metric: str) -> list[list[float]]:
         rows = [e for e in episodes if e["policy"] == name]
@@ -1566,7 +1562,7 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     if "pretrained_robustness" in result:
         lines += ["", _robustness_markdown(result)]
     if "fidelity" in result:
-        from .metrics.table import to_markdown as fidelity_markdown
+        from ..metrics.table import to_markdown as fidelity_markdown
 
         lines += [
             "",
@@ -1685,7 +1681,7 @@ def _aggregates_markdown(result: dict) -> str:
 
 def _robustness_markdown(result: dict) -> str:
     """The robustness section: membership inference and relearning per policy (mean ± 95% CI)."""
-    from .metrics.robustness import ROBUSTNESS_METRICS
+    from ..metrics.robustness import ROBUSTNESS_METRICS
 
     rcfg = result["episodes"][0]["robustness"]
     mia, rel = rcfg["membership"]["settings"], rcfg["relearn"]["settings"]
@@ -1791,7 +1787,7 @@ def _finite(x: float) -> float | None:
 def write_report(result: dict, out: str | Path, command: str | None = None) -> dict[str, Path]:
     """bench.md, bench.csv (one row per episode), bench.json and the PNG plots (curves.png,
     profile.png, samples.png), into ``out``."""
-    from .models.checkpoint import write_json_atomic
+    from ..models.checkpoint import write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1833,7 +1829,7 @@ def _jsonable(x):
 
 def _profile_plot(result: dict, out: Path, plt) -> dict[str, Path]:
     """profile.png: the performance profile of every policy per metric, with 95% bootstrap bands."""
-    from .bench_stats import performance_profile
+    from .stats import performance_profile
 
     s, episodes, names = result["settings"], result["episodes"], list(result["summary"])
     metrics = [m for m in VERDICT_METRICS if any(m in e and e[m] is not None for e in episodes)]
