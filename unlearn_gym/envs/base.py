@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+if TYPE_CHECKING:
+    from ..data.scenarios import Scenario
 
 __all__ = ["UnlearningEnv", "RunEpisode", "DecodedAction", "log_ratio", "parse_env_config", "resolve_device"]
 
@@ -118,6 +121,15 @@ class UnlearningEnv(gym.Env):
     """The env's frozen config dataclass (its fields are the keywords of ``gymnasium.make``)."""
     obs_names: tuple[str, ...]
     """The names of the observation's entries."""
+    scenario: Scenario | None = None
+    """The contamination scenario the env unlearns (retain and forget sets, labels, the contaminated
+    label y_c and its contaminant class); None where the env has none (SFD-v0 is data-free)."""
+    sampler: dict | None = None
+    """How evaluations sample the env's model (the ``sampler`` of
+    :func:`~unlearn_gym.metrics.forget.evaluate_model`): None for the diffusion model's DDIM sampler;
+    SFD-v0: its one-step generator."""
+    forget_class: int | None = None
+    """The class the env erases (SFD-v0's class erasure), or None where it unlearns a contamination."""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         self._setup(render_mode, kwargs, num_runs=1, executor="auto")

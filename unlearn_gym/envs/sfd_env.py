@@ -165,6 +165,7 @@ class SFDEnv(UnlearningEnv):
 
     @property
     def forget_class(self) -> int:
+        """The class SFD-v0 erases (``config.forget_class``)."""
         return self.config.forget_class
 
     # -- actions, observations, rewards ----------------------------------------------------------

@@ -11,6 +11,7 @@ batches them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,9 @@ class UnlearningVectorEnv(VectorEnv):
     horizon, or terminated because it diverged) is reset inside the same ``step``; the returned
     observation is its first observation of the new episode, the last one is in
     ``info["final_obs"]`` and the last step's info in ``info["final_info"]`` (with ``_final_obs``/
-    ``_final_info`` masks). A diverged run terminates and restarts alone; the others go on.
+    ``_final_info`` masks). A diverged run terminates and restarts alone; the others go on. The reset
+    restores the run's pretrained weights: to read its last model θ_T first (to evaluate it), set
+    :attr:`on_episode_end`.
 
     ## Reset
 
@@ -100,6 +103,11 @@ class UnlearningVectorEnv(VectorEnv):
         self._episodes = [RunEpisode(lam_prev=np.zeros(k)) for _ in range(self.num_envs)]
         self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        self.on_episode_end: Callable[[int], None] | None = None
+        """Called as ``on_episode_end(i)`` for each run i whose episode ends in a ``step``, in the order of
+        the runs, after the update and before the autoreset restores the run's pretrained weights:
+        :meth:`unlearned_model` ``(i)`` is then the run's last model θ_T (read it, do not change it).
+        None: no call."""
 
     def unlearned_model(self, run: int):
         """Run ``run``'s current model θ_t (views of the engine's weights; read-only, as the single env's)."""
@@ -235,6 +243,9 @@ class UnlearningVectorEnv(VectorEnv):
             else:
                 infos = self._add_info(infos, info, i)
         if ended:
+            if self.on_episode_end is not None:
+                for i in ended:
+                    self.on_episode_end(i)
             infos = self._reset_runs(ended, [ep.instance for ep in self._episodes], infos)
         return self._obs.copy(), rewards, terminations, truncations, infos
 
