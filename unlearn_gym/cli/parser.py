@@ -51,7 +51,7 @@ def _scenario_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _load_scenario(args: argparse.Namespace):
-    from .data import ScenarioDataError, load_scenario
+    from ..data import ScenarioDataError, load_scenario
 
     kw = _scenario_kwargs(args)
     try:
@@ -71,7 +71,7 @@ def _set_threads(n: int | None) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .models.pretrain import PretrainConfig, pretrain
+    from ..models.pretrain import PretrainConfig, pretrain
 
     _set_threads(args.threads)
     scenario, kw = _load_scenario(args)
@@ -111,7 +111,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from .metrics.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+    from ..metrics.classifier import ClassifierTrainConfig, save_classifier, train_classifier
 
     _set_threads(args.threads)
     scenario, kw = _load_scenario(args)
@@ -128,7 +128,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _resolve_classifier_dir(checkpoint: Path, config: dict, explicit: str | None) -> Path:
-    from .metrics.classifier import classifier_dir_for
+    from ..metrics.classifier import classifier_dir_for
 
     try:
         return classifier_dir_for(checkpoint, config, explicit)
@@ -215,7 +215,7 @@ def _add_robustness_args(p: argparse.ArgumentParser, flag: str) -> None:
 
 def _robustness_config(args: argparse.Namespace, *, ddim_steps: int, eval_seed: int):
     """A :class:`~unlearn_gym.metrics.robustness.RobustnessConfig` from the robustness options."""
-    from .metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
+    from ..metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
 
     try:
         return RobustnessConfig(
@@ -270,10 +270,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import save_image
 
-    from .assets import bundled_model_dir
-    from .metrics.classifier import load_classifier
-    from .metrics.forget import evaluate_model
-    from .models.checkpoint import CheckpointError, load_model, write_json_atomic
+    from ..assets import bundled_model_dir
+    from ..metrics.classifier import load_classifier
+    from ..metrics.forget import evaluate_model
+    from ..models.checkpoint import CheckpointError, load_model, write_json_atomic
 
     metrics = _parse_metrics(args.metrics)
     full, robust = "full" in metrics, "robustness" in metrics
@@ -291,7 +291,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     robustness_config = _robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.seed) if robust else None
     feature = logits_module = None
     if full and args.features == "inception":
-        from .metrics.fidelity import InceptionUnavailableError, inception_feature
+        from ..metrics.fidelity import InceptionUnavailableError, inception_feature
 
         try:  # before any sampling: fail fast where the weights are absent
             feature = inception_feature(2048, weights_path=args.inception_weights, device=device)
@@ -302,7 +302,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     eval_kw = _evaluation_kwargs(config, args, seed=args.seed, batch_size=args.batch_size)
     ev = evaluate_model(unet, classifier, **eval_kw)
     if config.get("sfd"):  # an SFD generator: how well its class erasure went
-        from .metrics.forget import erasure_figures
+        from ..metrics.forget import erasure_figures
 
         ev.figures["erasure"] = erasure_figures(ev.figures["per_label"], config["sfd"]["forget_class"])
     figures = {
@@ -322,8 +322,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     save_image(rows.flatten(0, 1).cpu() * 0.5 + 0.5, grid_path, nrow=cols, padding=2, pad_value=0.5)
     figures["grid"] = str(grid_path)
     if full:
-        from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
-        from .metrics.table import SampleSet, fidelity_table, to_markdown
+        from ..data.scenarios import ScenarioDataError, scenario_of_checkpoint
+        from ..metrics.table import SampleSet, fidelity_table, to_markdown
 
         try:
             scenario = scenario_of_checkpoint(config)
@@ -351,8 +351,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         (out / "table.md").write_text(markdown + "\n")
         figures["table_markdown"] = str(out / "table.md")
     if robust:
-        from .data.scenarios import ScenarioDataError, scenario_of_checkpoint
-        from .metrics.robustness import robustness_figures, sampled_forget_rate
+        from ..data.scenarios import ScenarioDataError, scenario_of_checkpoint
+        from ..metrics.robustness import robustness_figures, sampled_forget_rate
 
         try:
             scenario = scenario_of_checkpoint(config)
@@ -409,11 +409,11 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    from .assets import bundled_model_dir
-    from .envs.conventions import action_from_lam
-    from .metrics.classifier import load_classifier
-    from .metrics.forget import evaluate_model
-    from .models.checkpoint import CheckpointError, load_model_config, save_model, write_json_atomic
+    from ..assets import bundled_model_dir
+    from ..envs.conventions import action_from_lam
+    from ..metrics.classifier import load_classifier
+    from ..metrics.forget import evaluate_model
+    from ..models.checkpoint import CheckpointError, load_model_config, save_model, write_json_atomic
 
     lam = _parse_policy(args.policy)
     _set_threads(args.threads)
@@ -501,7 +501,7 @@ def _json_arg(text: str | None, flag: str) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .agents import train_agent
+    from ..agents import train_agent
 
     _set_threads(args.threads)
     env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
@@ -567,7 +567,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from gymnasium.error import DependencyNotInstalled
 
-    from .bench import (
+    from ..bench import (
         BENCH_ENV_KWARGS,
         BENCH_SEEDS,
         EPISODE_LOG,
@@ -576,7 +576,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_benchmark,
         write_report,
     )
-    from .policy_specs import policy_from_spec, policy_name
+    from ..policy_specs import policy_from_spec, policy_name
 
     _set_threads(args.threads)
     if args.address is not None and args.backend != "ray":
@@ -685,7 +685,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from gymnasium.error import DependencyNotInstalled
 
-    from .sweep import SweepConfig, parse_grid, run_sweep, write_sweep_table
+    from ..sweep import SweepConfig, parse_grid, run_sweep, write_sweep_table
 
     env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     if args.checkpoint:
@@ -729,8 +729,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_perf(args: argparse.Namespace) -> int:
     """Time a plain DDPM step, the SISS update and env.step; with --num-envs, N batched runs per executor."""
-    from .engines import EXECUTORS
-    from .perf import profile_runs, profile_step
+    from ..engines import EXECUTORS
+    from ..perf import profile_runs, profile_step
 
     _set_threads(args.threads)
     device = _resolve_device(args.device)
@@ -1103,7 +1103,3 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
     return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
