@@ -1,0 +1,130 @@
+"""``unlearn-gym bench``: benchmark λ-policies and agents on equal seeds and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ._common import _json_arg, _resolve_device, _robustness_config, _set_threads
+
+__all__ = ["cmd_bench"]
+
+
+def _bench_workers(workers: int, device: str) -> int:
+    """``--workers``: as given, or 0 = automatic: one process per CPU core (at most 8) on the CPU, 1 on a GPU."""
+    if workers < 0:
+        raise SystemExit(f"error: --workers must be >= 0 (0 = automatic), got {workers}")
+    if workers:
+        return workers
+    return 1 if str(device).startswith("cuda") else max(1, min(os.cpu_count() or 1, 8))
+
+
+def _bench_env_kwargs(args: argparse.Namespace) -> dict:
+    """The env's keywords: the main job's (``BENCH_ENV_KWARGS``), ``--env-kwargs`` and the explicit options."""
+    from ..bench import BENCH_ENV_KWARGS
+
+    env_kwargs = {**BENCH_ENV_KWARGS, **_json_arg(args.env_kwargs, "--env-kwargs")}
+    for key in ("horizon", "batch_size", "lr", "action_mode"):
+        if getattr(args, key) is not None:
+            env_kwargs[key] = getattr(args, key)
+    if args.checkpoint:
+        env_kwargs["checkpoint"] = args.checkpoint
+    env_kwargs["device"] = _resolve_device(args.device)
+    return env_kwargs
+
+
+def _bench_policies(text: str) -> dict:
+    """``--policies``: name → policy of each comma-separated spec."""
+    from ..policy_specs import policy_from_spec, policy_name
+
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    policies = {}
+    for spec in specs:
+        policy = policy_from_spec(spec)
+        policies[policy_name(spec, policy)] = policy
+    return policies
+
+
+def _bench_config(args: argparse.Namespace, env_kwargs: dict):
+    """The :class:`~unlearn_gym.bench.BenchConfig` of the options."""
+    from ..bench import BENCH_SEEDS, BenchConfig
+
+    seeds = tuple(range(args.seeds or BENCH_SEEDS)) if args.seed_list is None else tuple(args.seed_list)
+    instances = (None,) if not args.instances else tuple(range(args.instances))
+    return BenchConfig(
+        env_id=args.env,
+        env_kwargs=env_kwargs,
+        seeds=seeds,
+        instances=instances,
+        samples_per_label=args.samples,
+        contaminated_label_samples=args.contaminated_samples,
+        ddim_steps=args.ddim_steps,
+        eval_seed=args.eval_seed,
+        metrics=args.metrics,
+        classifier=args.classifier,
+        retrained=None if args.retrained.lower() == "none" else args.retrained,
+        reference=None if args.reference.lower() == "none" else args.reference,
+        workers=_bench_workers(args.workers, env_kwargs["device"]),
+        robustness=args.robustness,
+        robustness_config=_robustness_config(args, ddim_steps=args.ddim_steps, eval_seed=args.eval_seed)
+        if args.robustness
+        else None,
+        bootstrap_reps=args.bootstrap_reps,
+        backend=args.backend,
+        ray_address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        num_envs=args.num_envs,
+        executor=args.executor,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark, logging every episode to OUT/episodes.jsonl, and write the report into OUT."""
+    import shlex
+
+    from gymnasium.error import DependencyNotInstalled
+
+    from ..bench import EPISODE_LOG, json_summary, run_benchmark, write_report
+
+    _set_threads(args.threads)
+    if args.address is not None and args.backend != "ray":
+        raise SystemExit(f"error: --address {args.address} names a Ray cluster; add --backend ray")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise SystemExit(f"error: --resume {args.resume} continues the run in that folder; drop --out {args.out}")
+    out = args.resume or args.out or "runs/bench"
+    env_kwargs = _bench_env_kwargs(args)
+    try:
+        policies = _bench_policies(args.policies)
+        config = _bench_config(args, env_kwargs)
+        t0 = time.perf_counter()
+        log_path = Path(out) / EPISODE_LOG
+        result = run_benchmark(
+            policies,
+            config,
+            progress=not args.no_progress,
+            log_path=log_path,
+            resume=bool(args.resume),
+            record=args.record,
+        )
+    except (ValueError, FileNotFoundError, ConnectionError, DependencyNotInstalled) as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C: the worker processes are stopped; the logged episodes stay
+        print(
+            f"bench: interrupted; `unlearn-gym bench --resume {out}` with the same options continues it",
+            file=sys.stderr,
+        )
+        return 130
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
+    paths = write_report(result, out, command)
+    print(f"bench: {result['seconds']:.0f} s; report in {paths['markdown']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(json_summary(result)))
+    else:
+        print(paths["markdown"].read_text())
+    return 0
