@@ -88,11 +88,19 @@ def _add_robustness_args(p: argparse.ArgumentParser, flag: str) -> None:
 
 
 def _add_ray_args(p) -> None:
+    """The Ray cluster and each trial's resources (``bench --backend ray``, ``sweep``)."""
     p.add_argument(
         "--address", default=None, help="the Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: a local one)"
     )
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each Ray trial declares (its torch threads)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray trial declares (0.5: two per GPU)")
+
+
+def _add_agent_device(p: argparse.ArgumentParser) -> None:
+    """``--agent-device`` of ``train`` and ``sweep``."""
+    p.add_argument(
+        "--agent-device", default="cpu", help="the agent networks' device (SB3's MLPs are fastest on the CPU)"
+    )
 
 
 _Command = Callable[..., argparse.ArgumentParser]
@@ -214,9 +222,7 @@ def _add_train(command: _Command) -> None:
         help="train on N runs batched in one engine (gymnasium.make_vec; SB3 algorithms through the SB3 adapter, MCPG "
         "collecting N episodes at a time) instead of n_envs copies",
     )
-    p.add_argument(
-        "--agent-device", default="cpu", help="the agent networks' device (SB3's MLPs are fastest on the CPU)"
-    )
+    _add_agent_device(p)
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--verbose", type=int, default=0)
     p.set_defaults(func=cmd_train)
@@ -369,7 +375,7 @@ def _add_sweep(command: _Command) -> None:
     p.add_argument(
         "--eval-episodes", type=int, default=3, help="deterministic episodes (seeds 0..N-1) scoring each trained agent"
     )
-    p.add_argument("--agent-device", default="cpu", help="the agent networks' device")
+    _add_agent_device(p)
     _add_ray_args(p)
     p.add_argument("--out", default="runs/sweep", help="folder for sweep.csv, sweep.md, trials/ and tune/")
     p.set_defaults(func=cmd_sweep)
