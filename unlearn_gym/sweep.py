@@ -3,7 +3,7 @@
 Each trial calls :func:`~unlearn_gym.agents.train_agent`, the function behind ``unlearn-gym
 train``, with the trial's algorithm, seed and hyperparameter overrides, then runs the exported
 agent deterministically for ``eval_episodes`` episodes (seeds 0..N-1, the bench's seeds) through
-the bench's :class:`~unlearn_gym.bench.EpisodeRunner` and reports their mean return to Tune. Trials
+the bench's :class:`~unlearn_gym.bench.episodes.EpisodeRunner` and reports their mean return to Tune. Trials
 run as Tune trials with ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs each; the table
 (``sweep.csv``, ``sweep.md``) has one row per trial in grid order.
 

@@ -2,7 +2,7 @@
 
 ``unlearn-gym bench --backend ray`` runs each batch of (policy, seed, instance) episodes (one
 episode, or with ``--num-envs N`` up to N of one policy as the runs of one batched vector env) on a
-Ray actor that holds one :class:`~unlearn_gym.bench.EpisodeRunner` (its own env and evaluator, like
+Ray actor that holds one :class:`~unlearn_gym.bench.episodes.EpisodeRunner` (its own env and evaluator, like
 a ``--workers`` process) and declares ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs; Ray places
 the actors on the cluster's nodes. The parent receives each episode's outcome as it finishes and logs, resumes
 and reports exactly as with the local backend. Without an address, ``ray.init()`` starts a local
@@ -17,10 +17,11 @@ import math
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .runner import BenchConfig
+from .config import BenchConfig, Unit
+from .episodes import EpisodeRunner
+from .record import EpisodeOutcome
 
 __all__ = ["check_address", "ray_session", "require_ray", "run_on_ray"]
 
@@ -114,30 +115,28 @@ class _EpisodeActor:
     def __init__(self, policies: Mapping[str, Any], config: BenchConfig, record: bool) -> None:
         import torch
 
-        from .runner import EpisodeRunner
-
         torch.set_num_threads(max(1, int(config.cpus_per_trial)))
         self.runner = EpisodeRunner(policies, config, record=record)
 
-    def run(self, units: list[tuple[str, int, int | None]]) -> list[tuple[dict, Any, Any]]:
+    def run(self, units: list[Unit]) -> list[EpisodeOutcome]:
         return self.runner.remote_units(units)
 
 
 def run_on_ray(
     policies: Mapping[str, Any],
     config: BenchConfig,
-    runs: Sequence[tuple[str, int, int | None]],
+    runs: Sequence[Unit],
     batches: Sequence[Sequence[int]],
     *,
     record: bool = False,
-) -> Iterator[tuple[int, tuple[dict, Any, Any]]]:
+) -> Iterator[tuple[int, EpisodeOutcome]]:
     """Run the batches of ``runs`` (each a list of indices k, run together by
-    :meth:`~unlearn_gym.bench.EpisodeRunner.run_units`) on Ray actors; yields (k, (record,
+    :meth:`~unlearn_gym.bench.episodes.EpisodeRunner.run_units`) on Ray actors; yields (k, (record,
     evaluation, steps)) for each episode of a batch as the batch finishes (what
-    :func:`~unlearn_gym.bench._run_in_workers` yields).
+    :func:`~unlearn_gym.bench.workers.run_in_workers` yields).
 
     As many actors as the cluster holds at once (:func:`actor_slots`, at most one per batch) each
-    build an :class:`~unlearn_gym.bench.EpisodeRunner` once and then take the next batch as they
+    build an :class:`~unlearn_gym.bench.episodes.EpisodeRunner` once and then take the next batch as they
     free up. The session is :func:`ray_session`'s for ``config.ray_address``.
     """
     with ray_session(config.ray_address) as ray:

@@ -1,6 +1,9 @@
 """Worker processes that end with their parent: a spawn-context process pool that neither a signal
 nor a killed parent leaves behind.
 
+:func:`run_in_workers` runs the benchmark's episodes in such a pool, each worker with its own
+:class:`~unlearn_gym.bench.episodes.EpisodeRunner`.
+
 :func:`worker_pool` is the pool of ``unlearn-gym bench --workers W``. Three ways its parent can go,
 and what ends the workers each time:
 
@@ -21,11 +24,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["die_with_parent", "worker_pool"]
+from .config import BenchConfig, Unit
+from .episodes import EpisodeRunner
+from .record import EpisodeOutcome
+
+__all__ = ["die_with_parent", "run_in_workers", "worker_pool"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -134,3 +141,42 @@ def _terminate(pool: Any, grace_s: float) -> None:
         if p.is_alive():
             p.kill()
             p.join(grace_s)
+
+
+# -- the benchmark's episodes in the pool ---------------------------------------------------------
+
+_WORKER: EpisodeRunner | None = None
+"""The worker process's episode runner (made once, by :func:`_worker_init`)."""
+
+
+def _worker_init(policies: Mapping[str, Any], config: BenchConfig, record: bool) -> None:
+    import torch
+
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = EpisodeRunner(policies, config, record=record)
+
+
+def _worker_units(units: list[Unit]) -> list[EpisodeOutcome]:
+    return _WORKER.remote_units(units)
+
+
+def run_in_workers(
+    policies: Mapping[str, Any],
+    config: BenchConfig,
+    runs: Sequence[Unit],
+    batches: list[list[int]],
+    record: bool = False,
+) -> Iterator[tuple[int, EpisodeOutcome]]:
+    """Run the batches of ``runs`` (each a list of indices k: :meth:`EpisodeRunner.run_units` of
+    ``runs[k]``) in ``config.workers`` spawned processes; yields (k, (record, evaluation, steps)) as
+    each batch finishes. The workers end with this generator: an exception (Ctrl-C, SIGTERM) or
+    closing it terminates them, and a killed parent is noticed by each (:func:`worker_pool`)."""
+    from concurrent.futures import as_completed
+
+    with worker_pool(
+        min(config.workers, len(batches)), initializer=_worker_init, initargs=(dict(policies), config, record)
+    ) as pool:
+        futures = {pool.submit(_worker_units, [runs[k] for k in batch]): batch for batch in batches}
+        for future in as_completed(futures):
+            yield from zip(futures[future], future.result())

@@ -1,0 +1,432 @@
+"""The benchmark's report: ``bench.md`` (:func:`to_markdown`), ``bench.csv``, ``bench.json`` and the
+plots (:func:`write_report`), and the object ``unlearn-gym bench --json`` prints (:func:`json_summary`)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .plots import write_plots
+from .stats import FIDELITY_METRICS, SPREAD_METRIC, VERDICT_METRICS
+
+__all__ = ["json_summary", "to_markdown", "write_report"]
+
+
+def _fmt(cell: dict | None, digits: int = 3) -> str:
+    if not cell or not np.isfinite(cell.get("mean", float("nan"))):
+        return "–"
+    half = cell.get("ci95", float("nan"))
+    return f"{cell['mean']:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{cell['mean']:.{digits}f}"
+
+
+def to_markdown(result: dict, command: str | None = None) -> str:
+    """``bench.md``: the settings; the summary table (mean ± 95% CI half-width per policy, with the
+    reference rows); each policy's worst retain class, verdicts and spread against the reference; the
+    return's agreement with the outcome; rliable's aggregates; the warnings; the robustness and
+    Table-1 sections where the result has them."""
+    lines = ["# unlearn-gym bench", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [_settings_line(result["settings"]), ""]
+    lines += _summary_table(result)
+    lines += _worst_class_lines(result)
+    lines += _verdict_lines(result)
+    lines += _spread_lines(result)
+    lines += _agreement_lines(result)
+    if any(row.get("iqm") for row in result["summary"].values()):
+        lines += ["", _aggregates_markdown(result)]
+    for w in result.get("warnings", []):
+        lines += ["", f"Warning: {w}"]
+    if "pretrained_robustness" in result:
+        lines += ["", _robustness_markdown(result)]
+    if "fidelity" in result:
+        lines += _fidelity_lines(result)
+    return "\n".join(lines) + "\n"
+
+
+def _settings_line(s: dict) -> str:
+    """The env, seeds, instances, device and evaluation settings, and what the cells are."""
+    return (
+        f"{s['env_id']} {s['env_kwargs']}, seeds {list(s['seeds'])}, instances {list(s['instances'])}, "
+        f"device {s['device']}; evaluation: {s.get('contaminated_label_samples') or s['samples_per_label']} samples "
+        f"of the contaminated label and {s['samples_per_label']} of every other label, "
+        + (
+            f"{s['ddim_steps']} DDIM steps"
+            if s.get("sampler", {}).get("kind", "ddim") == "ddim"
+            else "one-step generator"
+        )
+        + f", seed {s['eval_seed']}. Cells: mean ± 95% CI half-width (Student t) over the episodes; reference "
+        "rows: the one evaluation's figure [exact 95% binomial interval over its own samples]."
+    )
+
+
+def _summary_table(result: dict) -> list[str]:
+    """The summary table: the reference rows (pretrained, retrained), then one row per policy."""
+    s = result["settings"]
+    columns = [("forget_rate ↓", "forget_rate"), ("retain_accuracy ↑", "retain_accuracy")]
+    if any("adjusted_forget_rate" in row for row in result["summary"].values()):
+        columns += [("damage D⁺ ↓", "damage"), (f"F + {s.get('beta', 1.0):g}·D⁺ ↓", "adjusted_forget_rate")]
+    if any("unlearning_accuracy" in row for row in result["summary"].values()):
+        columns += [("unlearning_accuracy ↑", "unlearning_accuracy"), ("remaining_accuracy ↑", "remaining_accuracy")]
+    if result.get("retrained"):
+        columns += [("retain FID to retrained ↓", "retain_fid_retrained")]
+    names = " | ".join(c for c, _ in columns)
+    lines = [f"| policy | n | return | {names} | efficacy | degradation | diverged |"]
+    lines += ["|---|---|---|" + "---|" * len(columns) + "---|---|---|"]
+    for label, key in (("pretrained (no unlearning)", "pretrained"), ("retrained without the forget set", "retrained")):
+        ref = result.get(key)
+        if ref:
+            cells = " | ".join(_reference_cell(ref, k) for _, k in columns)
+            lines.append(f"| {label} | – | – | {cells} | – | – | – |")
+    for name, row in result["summary"].items():
+        cells = " | ".join(_fmt(row.get(k)) for _, k in columns)
+        lines.append(
+            f"| {name} | {row['return']['n']} | {_fmt(row['return'], 4)} | {cells} | {_fmt(row['efficacy'], 4)} | "
+            f"{_fmt(row['degradation'], 4)} | {row['diverged']} |"
+        )
+    return lines
+
+
+def _worst_class_lines(result: dict) -> list[str]:
+    """Each policy's worst retain class (:func:`~unlearn_gym.bench.stats.worst_class_drop`)."""
+    worst = {n: row["worst_class"] for n, row in result["summary"].items() if row.get("worst_class")}
+    if not worst:
+        return []
+    lines = ["", "Worst retain class (largest drop of mean per-label sample accuracy from the pretrained model):"]
+    return (
+        lines
+        + [""]
+        + [
+            f"- {n}: label {w['label']}, {w['pretrained']:.3f} → {w['after']:.3f} (drop {w['drop']:+.3f})"
+            for n, w in worst.items()
+        ]
+    )
+
+
+def _verdict_lines(result: dict) -> list[str]:
+    """Each policy's verdicts against the reference (:func:`~unlearn_gym.bench.stats.compare_with_reference`)."""
+    verdicts = {n: row["vs_reference"] for n, row in result["summary"].items() if row.get("vs_reference")}
+    if not verdicts:
+        return []
+    ref = result["settings"].get("reference")
+    lines = ["", f"Against {ref} (paired over equal seeds; mean difference ± 95% CI):", ""]
+    for n, v in verdicts.items():
+        parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
+        lines.append(f"- {n}: " + "; ".join(parts))
+    return lines
+
+
+def _spread_lines(result: dict) -> list[str]:
+    """Each policy's spread over the seeds against the reference's (:func:`~unlearn_gym.bench.stats.spread_vs_reference`)."""
+    s = result["settings"]
+    spreads = {n: row["spread_vs_reference"] for n, row in result["summary"].items() if row.get("spread_vs_reference")}
+    if not spreads:
+        return []
+    lines = [
+        "",
+        f"Spread over the seeds ({SPREAD_METRIC}: standard deviation; Pitman–Morgan test of paired variances "
+        f"against {s.get('reference')}'s on the same seeds):",
+        "",
+    ]
+    for n, sp in spreads.items():
+        line = f"- {n}: {sp['sd']:.3f} ({s.get('reference')}: {sp['reference_sd']:.3f}), ratio {sp['ratio']:.2f}"
+        line += f", p {sp['p_value']:.3f}" if np.isfinite(sp["p_value"]) else ""
+        if np.isfinite(sp["p_value"]) and sp["p_value"] < 0.05 and sp["ratio"] > 1:
+            line += " — larger at 95%: the policy's own spread (its interval narrows with more seeds, not samples)"
+        lines.append(line)
+    return lines
+
+
+def _agreement_lines(result: dict) -> list[str]:
+    """Whether the return ranks the policies as their outcomes do (:func:`~unlearn_gym.bench.stats.return_agreement`)."""
+    agreement = result.get("return_agreement")
+    if agreement is None or len(result["summary"]) <= 1:
+        return []
+    agree = sum(p["agrees"] for p in agreement)
+    beta = result["settings"].get("beta", 1.0)
+    lines = [
+        "",
+        f"Return against outcome: {len(agreement)} pair(s) of policies differ at 95% in the damage-adjusted "
+        f"forget rate F + β·D⁺ (β = {beta:g}; paired over equal seeds); the return ranks {agree} of them "
+        "the same way.",
+    ]
+    return (
+        lines
+        + [""] * bool(agreement)
+        + [
+            f"- {p['better']} over {p['worse']}: F + β·D⁺ {_pair_cell(p, 'adjusted_forget_rate')} "
+            f"(forget_rate {_pair_cell(p, 'forget_rate')}, damage {_pair_cell(p, 'damage')}, retain_accuracy "
+            f"{_pair_cell(p, 'retain_accuracy')}), return {_pair_cell(p, 'return')}"
+            + ("" if p["agrees"] else " — the return ranks them the other way")
+            for p in agreement
+        ]
+    )
+
+
+def _fidelity_lines(result: dict) -> list[str]:
+    """The Table-1 section: the table of the pooled samples, then the per-episode one where the summary has it."""
+    from ..metrics.table import to_markdown as fidelity_markdown
+
+    lines = [
+        "",
+        "## Table 1 metrics (samples of all episodes pooled per policy)",
+        "",
+        fidelity_markdown(result["fidelity"]),
+    ]
+    if any("fidelity" in row for row in result["summary"].values()):
+        lines += ["", _fidelity_episodes_markdown(result)]
+    return lines
+
+
+def _reference_cell(ref: dict, metric: str) -> str:
+    """A reference row's figure, with its interval over the row's own samples where there is one."""
+    if metric not in ref:
+        return "–"
+    cell = ref.get("intervals", {}).get(metric)
+    if cell is None or not np.isfinite(cell["ci_low"]):
+        return f"{ref[metric]:.3f}"
+    return f"{ref[metric]:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+
+
+def _pair_cell(pair: dict, metric: str) -> str:
+    return f"{pair[metric]['diff']:+.3f} ± {pair[metric]['ci95']:.3f}"
+
+
+def _fidelity_episodes_markdown(result: dict) -> str:
+    """Table 1 per episode: mean ± 95% CI over the episodes, and the verdicts against the reference."""
+    models = result["fidelity"]["models"]
+    arrows = {+1: " ↑", -1: " ↓", 0: ""}
+    header = ["policy", "n"] + [
+        f"{m.split('_')[0]} {m.split('_')[1].upper()}{arrows[sign]}" for m, sign in FIDELITY_METRICS.items()
+    ]
+    lines = [
+        "### Table 1 per episode (each episode's own samples; mean ± 95% CI over the episodes)",
+        "",
+        "Every episode's evaluation samples scored alone against the real sets (the pooled table above "
+        "scores all of a policy's samples at once). FID and KID at this sample count are biased upward "
+        "and comparable only between rows.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
+    ]
+    if "pretrained" in models:
+        pre = models["pretrained"]
+        keys = {"fid": "fid", "kid": "kid_mean", "is": "is_mean", "ssim": "ssim"}
+        cells = []
+        for m in FIDELITY_METRICS:
+            part, figure = m.split("_")
+            value = pre[part][keys[figure]]
+            cells.append("–" if value is None else _fidelity_value(m, value))
+        lines.append("| pretrained (no unlearning) | – | " + " | ".join(cells) + " |")
+    for name, row in result["summary"].items():
+        if "fidelity" not in row:
+            continue
+        cells = row["fidelity"]
+        n = next(iter(cells.values()))["n"]
+        body = [
+            f"{_fidelity_value(m, cells[m]['mean'])} ± {_fidelity_value(m, cells[m]['ci95'])}" for m in FIDELITY_METRICS
+        ]
+        lines.append(f"| {name} | {n} | " + " | ".join(body) + " |")
+    verdicts = {
+        n: row["fidelity_vs_reference"] for n, row in result["summary"].items() if "fidelity_vs_reference" in row
+    }
+    if verdicts:
+        ref = result["settings"].get("reference")
+        lines += ["", f"Against {ref} (paired over equal seeds; mean difference ± 95% CI):", ""]
+        for n, v in verdicts.items():
+            parts = [
+                f"{m} {c['verdict']} ({_fidelity_value(m, c['diff'], signed=True)} ± {_fidelity_value(m, c['ci95'])})"
+                for m, c in v.items()
+            ]
+            lines.append(f"- {n}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _fidelity_value(metric: str, value: float | None, signed: bool = False) -> str:
+    """One Table-1 figure: FID and KID with 4 significant digits, IS and SSIM with 3 decimals."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    sign = "+" if signed else ""
+    if metric.endswith(("_fid", "_kid")):
+        return f"{value:{sign}.4g}"
+    return f"{value:{sign}.3f}"
+
+
+def _interval(cell: dict | None, digits: int = 3) -> str:
+    if not cell or cell.get("value") is None or not np.isfinite(cell["value"]):
+        return "–"
+    return f"{cell['value']:.{digits}f} [{cell['ci_low']:.{digits}f}, {cell['ci_high']:.{digits}f}]"
+
+
+def _aggregates_markdown(result: dict) -> str:
+    """The rliable table: IQM and P(improvement over the reference), each with its 95% interval."""
+    s, summary = result["settings"], result["summary"]
+    metrics = [m for m in VERDICT_METRICS if any(m in row.get("iqm", {}) for row in summary.values())]
+    better = {m: "higher" if VERDICT_METRICS[m] > 0 else "lower" for m in metrics}
+    strata = "the instances" if len(s["instances"]) > 1 else "one stratum: the plain bootstrap"
+    lines = [
+        f"IQM (mean of the middle 50% of the episodes) and P(improvement) = P(policy's episode better than "
+        f"{s.get('reference')}'s) (Mann–Whitney U/(n·m), ties 1/2, averaged over the instances; better = "
+        + ", ".join(f"{m} {b}" for m, b in better.items())
+        + f"); [95% interval] from {s.get('bootstrap_reps', 2000)} stratified-bootstrap resamples (strata: {strata}).",
+        "",
+        "| policy | " + " | ".join(f"{m} IQM" for m in metrics) + " | "
+        + " | ".join(f"P({m} {better[m]})" for m in metrics) + " |",
+        "|---|" + "---|" * (2 * len(metrics)),
+    ]  # fmt: skip
+    for name, row in summary.items():
+        iqm_cells = [_interval(row.get("iqm", {}).get(m), 4 if m == "return" else 3) for m in metrics]
+        poi = row.get("prob_improvement", {})
+        poi_cells = [_interval(poi.get(m), 2) if poi else "(reference)" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(iqm_cells + poi_cells) + " |")
+    return "\n".join(lines)
+
+
+def _robustness_markdown(result: dict) -> str:
+    """The robustness section: membership inference and relearning per policy (mean ± 95% CI)."""
+    from ..metrics.robustness import ROBUSTNESS_METRICS
+
+    rcfg = result["episodes"][0]["robustness"]
+    mia, rel = rcfg["membership"]["settings"], rcfg["relearn"]["settings"]
+    pre = result["pretrained_robustness"]
+    metrics = [
+        m for m in ROBUSTNESS_METRICS if any(m in row.get("robustness", {}) for row in result["summary"].values())
+    ]
+    lines = [
+        "## Robustness: membership inference and relearning",
+        "",
+        f"Membership inference ({mia['attack']} attack): members (training images) against held-out images of the "
+        f"same kind, up to {mia['num_samples']} each; AUC (0.5 = chance) and TPR at {mia['fpr']:.0%} FPR. "
+        f"Relearning: {rel['steps']} steps of DDPM fine-tuning (AdamW, lr {rel['lr']}, batch {rel['batch_size']}) on "
+        f"retain data (retain) and on retain data with {rel['forget_per_batch']} of each batch from "
+        f"{rel['forget_images']} forget images (mixed); forget rate after K steps from {rel['samples']} samples of "
+        f"the contaminated label; steps to half: the first evaluation (every {rel['eval_every']} steps) at which "
+        f"the forget rate reaches half the pretrained level {pre['relearn_level']:.3f}, mean over the episodes "
+        "that got there (k/n).",
+        "",
+        "| policy | " + " | ".join(ROBUSTNESS_METRICS[m] for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    cells = [f"{pre[m]:.3f}" if pre.get(m) is not None else "–" for m in metrics]
+    lines.append("| pretrained (no unlearning) | " + " | ".join(cells) + " |")
+    for name, row in result["summary"].items():
+        rob, n = row.get("robustness", {}), row["return"]["n"]
+        cells = []
+        for m in metrics:
+            cell = _fmt(rob.get(m), 1 if m.endswith("steps_to_half") else 3)
+            cells.append(f"{cell} ({rob[m]['n']}/{n})" if m.endswith("steps_to_half") and m in rob else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def json_summary(result: dict) -> dict:
+    """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy, damage,
+    adjusted_forget_rate} → {mean, ci95, n}, with ``vs_reference`` (metric → verdict),
+    ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and
+    ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
+    per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
+    ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
+    {forget_rate, retain_accuracy, per_label_accuracy, intervals (:func:`sample_intervals`)} for the
+    model at reset, and ``retrained``
+    likewise for the model retrained without the forget set (with ``retain_fid_retrained``,
+    ``retain_kid_retrained``, as every policy has them, when it is the reference)."""
+    out = {}
+    for key in ("pretrained", "retrained"):
+        ref = result.get(key)
+        if ref:
+            out[key] = {
+                "forget_rate": _finite(ref["forget_rate"]),
+                "retain_accuracy": _finite(ref["retain_accuracy"]),
+                "per_label_accuracy": {y: row["accuracy"] for y, row in ref["per_label"].items()},
+            } | {
+                k: _finite(ref[k])
+                for k in ("damage", "adjusted_forget_rate", "retain_fid_retrained", "retain_kid_retrained")
+                if k in ref
+            }
+            if "intervals" in ref:
+                out[key]["intervals"] = {m: {k: _finite(v) for k, v in c.items()} for m, c in ref["intervals"].items()}
+    for name, row in result["summary"].items():
+        out[name] = {
+            k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}
+            for k in (
+                "return",
+                "forget_rate",
+                "retain_accuracy",
+                "damage",
+                "adjusted_forget_rate",
+                "retain_fid_retrained",
+                "retain_kid_retrained",
+            )
+            if k in row
+        }
+        if row.get("vs_reference"):
+            out[name]["vs_reference"] = {m: c["verdict"] for m, c in row["vs_reference"].items()}
+        if row.get("spread_vs_reference"):
+            spread = row["spread_vs_reference"]
+            out[name]["spread_vs_reference"] = {k: v if k == "n" else _finite(v) for k, v in spread.items()}
+        if row.get("worst_class"):
+            out[name]["worst_class"] = row["worst_class"]
+        for key in ("iqm", "prob_improvement"):
+            if row.get(key):
+                out[name][key] = {m: {k: _finite(v) for k, v in c.items()} for m, c in row[key].items()}
+        out[name] |= {
+            k: {"mean": _finite(v["mean"]), "ci95": _finite(v["ci95"]), "n": v["n"]}
+            for k, v in row.get("robustness", {}).items()
+        }
+        if row.get("fidelity"):
+            out[name]["fidelity"] = {
+                k: {"mean": _finite(v["mean"]), "ci95": _finite(v["ci95"]), "n": v["n"]}
+                for k, v in row["fidelity"].items()
+            }
+        if row.get("fidelity_vs_reference"):
+            out[name]["fidelity_vs_reference"] = {m: c["verdict"] for m, c in row["fidelity_vs_reference"].items()}
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def write_report(result: dict, out: str | Path, command: str | None = None) -> dict[str, Path]:
+    """bench.md, bench.csv (one row per episode), bench.json and the PNG plots (curves.png,
+    profile.png, samples.png), into ``out``."""
+    from ..models.checkpoint import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    grids = result.pop("_grids", {})
+    paths = {"markdown": out / "bench.md", "csv": out / "bench.csv", "json": out / "bench.json"}
+    paths["markdown"].write_text(to_markdown(result, command))
+    cols = ["policy", "seed", "instance", "return", "length", "diverged", "efficacy", "degradation", "mean_lambda"]
+    metrics = (
+        "forget_rate",
+        "retain_accuracy",
+        "contaminated_label_accuracy",
+        "unlearning_accuracy",
+        "remaining_accuracy",
+    )
+    cols += [c for c in metrics if c in result["episodes"][0]]
+    cols += list(result["episodes"][0].get("robustness", {}).get("summary", {}))
+    cols += [c for c in ("seconds_unlearn", "seconds_evaluate", "seconds_robustness") if c in result["episodes"][0]]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["episodes"])
+    write_json_atomic(_jsonable(result | {"command": command}), paths["json"])
+    paths |= write_plots(result, grids, out)
+    result["_grids"] = grids
+    return paths
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x

@@ -1,0 +1,57 @@
+"""The robustness attacks of ``bench --robustness`` on each episode's unlearned model.
+
+Membership inference and relearning (:mod:`unlearn_gym.metrics.robustness`) of the env's current
+model, with the pretrained model's figures as the reference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import BenchConfig
+
+__all__ = ["robustness_runner"]
+
+
+def robustness_runner(base, config: BenchConfig, log: Callable[[str], None]) -> tuple[Callable[[], dict], dict]:
+    """(attack the env's current model → :func:`~unlearn_gym.metrics.robustness.robustness_figures`,
+    the pretrained model's membership figures and forget-rate level) of the unwrapped single env
+    ``base``. Call right after a reset."""
+    from ..assets import bundled_model_dir
+    from ..data.scenarios import scenario_of_checkpoint
+    from ..metrics.classifier import classifier_dir_for, load_classifier
+    from ..metrics.robustness import (
+        RobustnessConfig,
+        membership_inference,
+        robustness_figures,
+        sampled_forget_rate,
+        summary_figures,
+    )
+    from ..models.checkpoint import load_model_config
+
+    checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()
+    model_config = load_model_config(checkpoint)
+    classifier = load_classifier(classifier_dir_for(checkpoint, model_config, config.classifier), base.device)
+    scenario = base.scenario or scenario_of_checkpoint(model_config)
+    rcfg = config.robustness_config or RobustnessConfig()
+    kw = dict(scheduler_config=model_config.get("scheduler"), sampler=base.sampler)
+    t0 = time.perf_counter()
+    level = sampled_forget_rate(base.unlearned_model(), classifier, scenario, rcfg.relearn, **kw)["forget_rate"]
+    mia = membership_inference(
+        base.unlearned_model(), scenario, rcfg.membership, scheduler_config=kw["scheduler_config"], progress=False
+    )
+    pretrained = summary_figures({"membership": mia.to_dict()}) | {"relearn_level": level}
+    log(
+        f"pretrained: MIA forget AUC {mia.forget.auc:.3f}, retain AUC {mia.retain.auc:.3f}; forget rate "
+        f"{level:.3f} from {rcfg.relearn.samples} label-{scenario.contaminated_label} samples "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+
+    def run() -> dict:
+        return robustness_figures(
+            base.unlearned_model(), scenario, classifier, rcfg, pretrained_forget_rate=level, progress=False, **kw
+        )
+
+    return run, pretrained
