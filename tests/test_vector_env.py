@@ -135,3 +135,22 @@ def test_bad_input_names_the_run_and_steps_nothing(tiny_checkpoint):
     sfd = make_vec(tiny_checkpoint, "unlearn_gym/SFD-v0", num_envs=2)
     with pytest.raises(ValueError, match=r"run 1: reset: SFD-v0 takes no options, got \['instance'\]"):
         sfd.reset(options={"instance": [None, 3]})
+
+
+def test_on_episode_end_sees_each_run_s_last_model_before_the_autoreset(tiny_checkpoint):
+    venv = make_vec(tiny_checkpoint, num_envs=2, horizon=2)
+    env = venv.unwrapped
+    pretrained = [p.detach().clone() for p in env.unlearned_model(0).parameters()]
+    seen = []
+
+    def changed(run):
+        return any(not torch.equal(w, p) for w, p in zip(env.unlearned_model(run).parameters(), pretrained))
+
+    env.on_episode_end = lambda run: seen.append((run, changed(run)))
+    venv.reset(seed=0)
+    venv.step(np.zeros((2, 1), dtype=np.float32))
+    assert seen == []  # no run has ended
+    _, _, _, truncated, _ = venv.step(np.zeros((2, 1), dtype=np.float32))
+    assert truncated.all() and seen == [(0, True), (1, True)]  # in run order, each with its unlearned weights
+    assert not changed(0) and not changed(1)  # then the autoreset restored the pretrained weights
+    venv.close()
