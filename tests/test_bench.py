@@ -56,6 +56,24 @@ def test_paired_difference_and_verdicts_match_hand_computed_cases():
         paired_difference([1.0], [1.0, 2.0])
 
 
+def test_holm_adjust_and_paired_p_value_match_hand_computed_cases():
+    from unlearn_gym.bench import holm_adjust, paired_p_value
+
+    # sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, 2·0.03, max(1·0.04, 0.06): back in the input's order
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    out = holm_adjust([0.01, float("nan"), 0.04])  # NaN stays NaN and is not counted: m = 2
+    assert out[0] == pytest.approx(0.02) and np.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    np.testing.assert_allclose(holm_adjust([0.6, 0.7]), [1.0, 1.0])  # capped at 1
+    # t with 2 degrees of freedom: F(t) = ½ + t/(2√(t² + 2)); differences (1, 2, 3): t = 2√3
+    t = 2 * np.sqrt(3)
+    assert paired_p_value([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(1 - t / np.sqrt(t * t + 2), rel=1e-9)
+    # differences (1, 1.1, 0.9): t = 10√3, p < 0.05 exactly where the interval excluded 0 (the test above)
+    t = 10 * np.sqrt(3)
+    assert paired_p_value([1.0, 1.1, 0.9], [0.0, 0.0, 0.0]) == pytest.approx(1 - t / np.sqrt(t * t + 2), rel=1e-6)
+    assert paired_p_value([1.0, 1.0], [1.0, 1.0]) == 1.0 and paired_p_value([2.0, 2.0], [1.0, 1.0]) == 0.0
+    assert np.isnan(paired_p_value([1.0], [0.0]))
+
+
 def ep(policy, seed, ret, fr, ra, damage=0.0):
     """An episode record with the summary metrics (the runner's keys; β = 1)."""
     return {
@@ -80,6 +98,15 @@ def test_compare_with_reference_pairs_by_seed_and_reads_the_direction_of_each_me
     assert out["p"]["forget_rate"]["diff"] == pytest.approx(-0.10)
     assert out["p"]["return"]["verdict"] == "indistinguishable" and out["p"]["return"]["ci95"] == 0.0
     assert out["p"]["retain_accuracy"]["verdict"] == "indistinguishable"
+    # Holm over the 4 comparisons: forget rate and adjusted forget rate p = 1 − t/√(t² + 2) at t = 10√3,
+    # return and retain accuracy p = 1 (mean difference 0) → 4p, max(3p, 4p), 1, 1
+    t = 10 * np.sqrt(3)
+    p_forget = 1 - t / np.sqrt(t * t + 2)
+    assert out["p"]["forget_rate"]["p"] == pytest.approx(p_forget, rel=1e-6)
+    assert out["p"]["forget_rate"]["p_holm"] == pytest.approx(4 * p_forget, rel=1e-6)
+    assert out["p"]["adjusted_forget_rate"]["p_holm"] == pytest.approx(4 * p_forget, rel=1e-6)
+    assert out["p"]["forget_rate"]["verdict_holm"] == "better"
+    assert out["p"]["return"]["p_holm"] == 1.0 and out["p"]["return"]["verdict_holm"] == "indistinguishable"
     assert compare_with_reference(episodes, ["p"], "static:0.5") == {}
     assert compare_with_reference(episodes, ["static:0.5", "p"], None) == {}
 
@@ -136,6 +163,9 @@ def test_return_agreement_checks_the_pairs_whose_outcomes_differ():
     p = pairs[("static", "blunt")]
     assert p["forget_rate"]["diff"] == pytest.approx(0.03) and p["adjusted_forget_rate"]["diff"] == pytest.approx(-0.07)
     assert p["agrees"] is False
+    # every pair is one test of the family (4 policies: 6 pairs); Holm adjusts over all 6, reported or not
+    assert all(q["pairs_tested"] == 6 and q["p_holm"] >= q["p"] for q in pairs.values())
+    assert pairs[("static", "hack")]["differs_holm"] is True  # differences −0.45 ± tiny: p ≈ 0
     episodes = [dict(e, **{"return": -e["return"]}) if e["policy"] in ("hack", "blunt") else e for e in episodes]
     assert all(p["agrees"] for p in return_agreement(episodes, names))
     assert return_agreement([e for e in episodes if e["seed"] == 0], names) == []  # one pair each: no interval

@@ -115,7 +115,30 @@ def _verdict_lines(result: dict) -> list[str]:
     for n, v in verdicts.items():
         parts = [f"{m} {c['verdict']} ({c['diff']:+.3f} ± {c['ci95']:.3f})" for m, c in v.items()]
         lines.append(f"- {n}: " + "; ".join(parts))
-    return lines
+    return lines + _holm_lines(verdicts)
+
+
+def _holm_lines(verdicts: dict[str, dict]) -> list[str]:
+    """The verdicts above are per comparison; which of the significant ones survive Holm's correction
+    over all of them (``p_holm`` of :func:`~unlearn_gym.bench.stats.compare_with_reference`)."""
+    cells = [(n, m, c) for n, v in verdicts.items() for m, c in v.items() if "p_holm" in c]
+    significant = [(n, m, c) for n, m, c in cells if c["verdict"] != "indistinguishable"]
+    if not significant:
+        return []
+    kept = [
+        f"{n} {m} {c['verdict']} (p {c['p']:.4f}, Holm {c['p_holm']:.3f})"
+        for n, m, c in significant
+        if c["verdict_holm"] != "indistinguishable"
+    ]
+    lost = [
+        f"{n} {m} (p {c['p']:.4f}, Holm {c['p_holm']:.3f})"
+        for n, m, c in significant
+        if c["verdict_holm"] == "indistinguishable"
+    ]
+    line = f"These verdicts are per comparison at 95%, uncorrected; under Holm's correction over the {len(cells)} comparisons: "
+    line += ("kept: " + "; ".join(kept)) if kept else "none is kept"
+    line += (". Not kept: " + "; ".join(lost) + ".") if lost else "."
+    return ["", line]
 
 
 def _spread_lines(result: dict) -> list[str]:
@@ -159,10 +182,19 @@ def _agreement_lines(result: dict) -> list[str]:
             f"- {p['better']} over {p['worse']}: F + β·D⁺ {_pair_cell(p, 'adjusted_forget_rate')} "
             f"(forget_rate {_pair_cell(p, 'forget_rate')}, damage {_pair_cell(p, 'damage')}, retain_accuracy "
             f"{_pair_cell(p, 'retain_accuracy')}), return {_pair_cell(p, 'return')}"
+            + _holm_pair_note(p)
             + ("" if p["agrees"] else " — the return ranks them the other way")
             for p in agreement
         ]
     )
+
+
+def _holm_pair_note(pair: dict) -> str:
+    """The pair's p-value and its Holm adjustment over every pair tested."""
+    if "p_holm" not in pair:
+        return ""
+    kept = "differs" if pair["differs_holm"] else "does not differ"
+    return f"; p {pair['p']:.4f}, Holm over the {pair['pairs_tested']} pairs {pair['p_holm']:.3f} ({kept} after the correction)"
 
 
 def _fidelity_lines(result: dict) -> list[str]:
@@ -241,6 +273,7 @@ def _fidelity_episodes_markdown(result: dict) -> str:
                 for m, c in v.items()
             ]
             lines.append(f"- {n}: " + "; ".join(parts))
+        lines += _holm_lines(verdicts)
     return "\n".join(lines)
 
 
@@ -324,7 +357,7 @@ def _robustness_markdown(result: dict) -> str:
 def json_summary(result: dict) -> dict:
     """What ``unlearn-gym bench --json`` prints: policy → {return, forget_rate, retain_accuracy, damage,
     adjusted_forget_rate} → {mean, ci95, n}, with ``vs_reference`` (metric → verdict),
-    ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and
+    ``vs_reference_holm`` (metric → the verdict after Holm's correction), ``spread_vs_reference`` (:func:`spread_vs_reference`), ``worst_class``, ``iqm`` and
     ``prob_improvement`` (metric → {value, ci_low, ci_high}) where computed, ``fidelity`` (Table 1
     per episode: :data:`FIDELITY_METRICS` → {mean, ci95, n}) and ``fidelity_vs_reference`` with
     ``metrics="full"``, the robustness figures with ``robustness``; ``pretrained`` →
@@ -363,6 +396,9 @@ def json_summary(result: dict) -> dict:
         }
         if row.get("vs_reference"):
             out[name]["vs_reference"] = {m: c["verdict"] for m, c in row["vs_reference"].items()}
+            out[name]["vs_reference_holm"] = {
+                m: c["verdict_holm"] for m, c in row["vs_reference"].items() if "verdict_holm" in c
+            }
         if row.get("spread_vs_reference"):
             spread = row["spread_vs_reference"]
             out[name]["spread_vs_reference"] = {k: v if k == "n" else _finite(v) for k, v in spread.items()}

@@ -62,6 +62,8 @@ __all__ = [
     "paired_difference",
     "verdict",
     "compare_with_reference",
+    "holm_adjust",
+    "paired_p_value",
     "sample_intervals",
     "spread_vs_reference",
     "add_outcome_scores",
@@ -380,12 +382,49 @@ def verdict(mean_diff: float, half_width: float, higher_is_better: bool | None) 
     return "indistinguishable"
 
 
+def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean(a_i − b_i) = 0 (the test behind
+    :func:`paired_difference`'s interval: the interval excludes 0 exactly when p < 1 − confidence).
+
+    Differences with no spread: 1 when they are all 0, 0 otherwise; NaN for fewer than 2 pairs.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size < 2:
+        return float("nan")
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(d, 0.0).pvalue)
+
+
+def holm_adjust(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of m p-values (family-wise error rate ≤ α when each adjusted p is
+    compared with α): with p_(1) ≤ … ≤ p_(m), p̃_(i) = max_{j ≤ i} min(1, (m − j + 1)·p_(j)), returned
+    in the input's order. NaN p-values stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for j, idx in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[idx]))
+        out[idx] = running
+    return out
+
+
 def compare_with_reference(
     episodes: list[dict], names: list[str], reference: str | None, metrics: Mapping[str, int] = VERDICT_METRICS
 ) -> dict[str, dict]:
-    """policy → metric → {diff, ci95, verdict}: each policy against ``reference`` at 95%, paired
-    over the (seed, instance) episodes both ran; {} when the reference was not benchmarked.
-    ``metrics``: metric → sign of "better" (+1 higher, −1 lower, 0 none)."""
+    """policy → metric → {diff, ci95, verdict, p, p_holm, verdict_holm}: each policy against
+    ``reference`` at 95%, paired over the (seed, instance) episodes both ran; {} when the reference
+    was not benchmarked. ``metrics``: metric → sign of "better" (+1 higher, −1 lower, 0 none).
+
+    ``verdict`` is per comparison (uncorrected); ``p_holm`` is the paired t-test's p-value after
+    Holm's adjustment over every (policy, metric) comparison of this call (the family the report
+    prints together), and ``verdict_holm`` the verdict that survives it ("indistinguishable" where
+    p_holm ≥ 0.05)."""
     if reference is None or reference not in names:
         return {}
     key = lambda e: (e["seed"], e["instance"])  # noqa: E731
@@ -401,8 +440,18 @@ def compare_with_reference(
             pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
             if not pairs:
                 continue
-            diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
-            out[name][metric] = {"diff": diff, "ci95": half, "verdict": verdict(diff, half, sign > 0 if sign else None)}
+            a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+            diff, half = paired_difference(a, b)
+            out[name][metric] = {
+                "diff": diff,
+                "ci95": half,
+                "verdict": verdict(diff, half, sign > 0 if sign else None),
+                "p": paired_p_value(a, b),
+            }
+    cells = [c for v in out.values() for c in v.values()]
+    for cell, p_holm in zip(cells, holm_adjust([c["p"] for c in cells])):
+        cell["p_holm"] = float(p_holm)
+        cell["verdict_holm"] = cell["verdict"] if p_holm < 0.05 else "indistinguishable"
     return out
 
 
@@ -513,19 +562,23 @@ def return_agreement(episodes: list[EpisodeRecord], names: list[str]) -> list[di
     higher than b's. (The return comes from the env's own probe, fixed at reset and smaller; the
     outcome from the bench's independent evaluation samples.)
 
+    Every pair tested is one comparison of a family: ``p`` is the paired t-test's p-value of the
+    adjusted forget rate and ``p_holm`` its Holm adjustment over all the pairs tested
+    (``pairs_tested``), so ``differs_holm`` says whether the pair still differs after the correction.
+
     Returns:
         One ``{"better", "worse", "adjusted_forget_rate", "forget_rate", "retain_accuracy", "damage",
-        "return", "agrees"}`` per pair whose outcomes differ (each paired difference better − worse as
-        {diff, ci95}).
+        "return", "agrees", "p", "p_holm", "differs_holm", "pairs_tested"}`` per pair whose outcomes
+        differ at 95% uncorrected (each paired difference better − worse as {diff, ci95}).
     """
     key = lambda e: (e["seed"], e["instance"])  # noqa: E731
     by_name = {n: {key(e): e for e in episodes if e["policy"] == n} for n in names}
     metrics = ("adjusted_forget_rate", "forget_rate", "retain_accuracy", "damage", "return")
-    out = []
+    tested = []  # (a, b, cells, p of the adjusted forget rate)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             common = [k for k in by_name[a] if k in by_name[b]]
-            cells = {}
+            cells, p_outcome = {}, float("nan")
             for metric in metrics:
                 pairs = [(by_name[a][k].get(metric), by_name[b][k].get(metric)) for k in common]
                 pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
@@ -533,14 +586,22 @@ def return_agreement(episodes: list[EpisodeRecord], names: list[str]) -> list[di
                     break
                 diff, half = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
                 cells[metric] = {"diff": diff, "ci95": half}
-            if len(cells) < len(metrics):
-                continue
-            outcome = verdict(cells["adjusted_forget_rate"]["diff"], cells["adjusted_forget_rate"]["ci95"], False)
-            if outcome == "indistinguishable":
-                continue
-            better, worse, sign = (a, b, 1.0) if outcome == "better" else (b, a, -1.0)
-            flipped = {m: {"diff": sign * c["diff"], "ci95": c["ci95"]} for m, c in cells.items()}
-            out.append({"better": better, "worse": worse, **flipped, "agrees": flipped["return"]["diff"] > 0})
+                if metric == "adjusted_forget_rate":
+                    p_outcome = paired_p_value([p[0] for p in pairs], [p[1] for p in pairs])
+            if len(cells) == len(metrics):
+                tested.append((a, b, cells, p_outcome))
+    p_holm = holm_adjust([t[3] for t in tested])
+    out = []
+    for (a, b, cells, p), p_adj in zip(tested, p_holm):
+        outcome = verdict(cells["adjusted_forget_rate"]["diff"], cells["adjusted_forget_rate"]["ci95"], False)
+        if outcome == "indistinguishable":
+            continue
+        better, worse, sign = (a, b, 1.0) if outcome == "better" else (b, a, -1.0)
+        flipped = {m: {"diff": sign * c["diff"], "ci95": c["ci95"]} for m, c in cells.items()}
+        out.append(
+            {"better": better, "worse": worse, **flipped, "agrees": flipped["return"]["diff"] > 0, "p": p}
+            | {"p_holm": float(p_adj), "differs_holm": bool(p_adj < 0.05), "pairs_tested": len(tested)}
+        )
     return out
 
 
