@@ -394,7 +394,8 @@ def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):
         membership=MembershipConfig(num_samples=3, timesteps=(100,), noises_per_timestep=1, bootstrap=10),
         relearn=RelearnConfig(steps=2, eval_every=1, batch_size=2, forget_per_batch=1, samples=2, ddim_steps=1),
     )
-    config = _config(tiny_checkpoint, robustness=True, robustness_config=rcfg)
+    # the pretrained checkpoint stands in for the retrained model: its attack figures must be the pretrained model's
+    config = _config(tiny_checkpoint, robustness=True, robustness_config=rcfg, retrained=str(tiny_checkpoint))
     config = dataclasses.replace(config, samples_per_label=1, ddim_steps=1)
     result = run_benchmark({"static:0.5": policy_from_spec("static:0.5")}, config, progress=False, log=None)
     keys = {"mia_forget_auc", "mia_forget_tpr", "mia_retain_auc", "mia_retain_tpr", "relearn_retain_forget_rate",
@@ -409,8 +410,15 @@ def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):
     assert row["mia_forget_auc"] == {"mean": mean, "ci95": half, "n": 2}
     assert set(result["pretrained_robustness"]) == {"mia_forget_auc", "mia_forget_tpr", "mia_retain_auc",
                                                     "mia_retain_tpr", "relearn_level"}  # fmt: skip
+    # the retrained model is attacked once, as an unlearned model is, against the pretrained level
+    retrained = result["retrained_robustness"]
+    assert set(retrained) == keys
+    for metric in ("mia_forget_auc", "mia_forget_tpr", "mia_retain_auc", "mia_retain_tpr"):
+        assert retrained[metric] == result["pretrained_robustness"][metric]
     assert keys <= set(json_summary(result)["static:0.5"])
-    assert "## Robustness: membership inference and relearning" in to_markdown(result)
+    markdown = to_markdown(result)
+    assert "## Robustness: membership inference and relearning" in markdown
+    assert "| retrained without the forget set (learning, not relearning) |" in markdown
     paths = write_report(result, tmp_path)
     header = paths["csv"].read_text().splitlines()[0].split(",")
     assert keys <= set(header) and "seconds_robustness" in header

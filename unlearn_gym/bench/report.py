@@ -344,6 +344,10 @@ def _robustness_markdown(result: dict) -> str:
     ]
     cells = [f"{pre[m]:.3f}" if pre.get(m) is not None else "–" for m in metrics]
     lines.append("| pretrained (no unlearning) | " + " | ".join(cells) + " |")
+    retrained = result.get("retrained_robustness")
+    if retrained is not None:
+        cells = [_fmt_reference_robustness(retrained.get(m), m) for m in metrics]
+        lines.append("| retrained without the forget set (learning, not relearning) | " + " | ".join(cells) + " |")
     for name, row in result["summary"].items():
         rob, n = row.get("robustness", {}), row["return"]["n"]
         cells = []
@@ -351,7 +355,21 @@ def _robustness_markdown(result: dict) -> str:
             cell = _fmt(rob.get(m), 1 if m.endswith("steps_to_half") else 3)
             cells.append(f"{cell} ({rob[m]['n']}/{n})" if m.endswith("steps_to_half") and m in rob else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if retrained is not None:
+        lines += [
+            "",
+            "The retrained row is a model that never saw the forget set, attacked the same way: its relearning "
+            "columns are how fast the concept is *learned* from the attack's images. An unlearned model that "
+            "regains it faster (a higher forget rate after K, fewer steps to half) relearns what unlearning hid.",
+        ]
     return "\n".join(lines)
+
+
+def _fmt_reference_robustness(value: float | None, metric: str) -> str:
+    """A reference row's robustness figure: one model, no interval ("not within K" for a steps-to-half of None)."""
+    if value is None:
+        return "not within K" if metric.endswith("steps_to_half") else "–"
+    return f"{value:.1f}" if metric.endswith("steps_to_half") else f"{value:.3f}"
 
 
 def json_summary(result: dict) -> dict:

@@ -119,9 +119,10 @@ def run_benchmark(
     first = config.instances[0]
     runner.env.reset(seed=config.seeds[0], options=None if first is None else {"instance": first})
     refs = _evaluate_references(runner, log)
-    robust, pretrained_robustness = None, None
+    robust, pretrained_robustness, retrained_robustness = None, None, None
     if config.robustness:
-        robust, pretrained_robustness = robustness_runner(runner.base, config, log)
+        retrained_dir = runner.retrained_dir()
+        robust, pretrained_robustness, retrained_robustness = robustness_runner(runner.base, config, log, retrained_dir)
 
     book = _run_episodes(runner, runs, refs, episode_log, robust, record is not None, progress)
     episodes: list[EpisodeRecord] = book.records  # type: ignore[assignment]  (every run is filled in)
@@ -133,6 +134,8 @@ def run_benchmark(
     result = _result(runner, names, refs, summary, episodes, warnings)
     if pretrained_robustness is not None:
         result["pretrained_robustness"] = pretrained_robustness
+    if retrained_robustness is not None:
+        result["retrained_robustness"] = retrained_robustness
     if episode_log is not None:
         result["episode_log"] = {"path": str(episode_log.path), "resumed_episodes": len(episode_log.done)}
     if record is not None:
