@@ -387,7 +387,9 @@ def test_bench_with_robustness_adds_its_columns(tiny_checkpoint, tmp_path):
     import torch
 
     from unlearn_gym.bench import json_summary, to_markdown, write_report
-    from unlearn_gym.metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
+    from unlearn_gym.metrics.membership import MembershipConfig
+    from unlearn_gym.metrics.relearn import RelearnConfig
+    from unlearn_gym.metrics.robustness import RobustnessConfig
 
     torch.set_num_threads(1)
     rcfg = RobustnessConfig(

@@ -1,4 +1,4 @@
-"""Membership inference and relearning (metrics/robustness.py): CPU, tiny models, one thread."""
+"""Membership inference and relearning (metrics/membership*.py, relearn.py, robustness.py): CPU, tiny models."""
 
 from __future__ import annotations
 
@@ -11,23 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from unlearn_gym.data.scenarios import Scenario
-from unlearn_gym.metrics import robustness
+from unlearn_gym.metrics import membership, relearn
 from unlearn_gym.metrics.classifier import Classifier
-from unlearn_gym.metrics.robustness import (
-    ROBUSTNESS_METRICS,
-    MembershipConfig,
-    RelearnConfig,
-    RobustnessConfig,
-    attack_figures,
-    bootstrap_interval,
-    denoising_losses,
-    membership_inference,
-    relearning,
-    robustness_figures,
-    roc_auc,
-    secmi_errors,
-    tpr_at_fpr,
-)
+from unlearn_gym.metrics.membership import MembershipConfig, denoising_losses, membership_inference, secmi_errors
+from unlearn_gym.metrics.membership_stats import attack_figures, bootstrap_interval, roc_auc, tpr_at_fpr
+from unlearn_gym.metrics.relearn import RelearnConfig, relearning
+from unlearn_gym.metrics.robustness import ROBUSTNESS_METRICS, RobustnessConfig, robustness_figures
 from unlearn_gym.models.unet import make_unet, noise_schedule
 from unlearn_gym.objectives.common import forward_noise
 
@@ -212,8 +201,8 @@ def test_membership_inference_is_seeded_with_equal_label_matched_counts(default_
     assert not np.array_equal(c.retain.member_scores, a.retain.member_scores)
     # the noises are shared by every image: the same image scores the same in either role
     x, y = default_scenario.retain.images[:3], default_scenario.retain.labels[:3]
-    s_all = robustness.membership_scores(unet, x, y, config)
-    s_one = robustness.membership_scores(unet, x[1:2], y[1:2], config)
+    s_all = membership.membership_scores(unet, x, y, config)
+    s_one = membership.membership_scores(unet, x[1:2], y[1:2], config)
     assert s_all[1] == pytest.approx(s_one[0], rel=1e-5)
     # SecMI's t-error: deterministic, finite
     secmi = MembershipConfig(num_samples=4, attack="secmi", secmi_t=20, secmi_interval=10, bootstrap=20)
@@ -228,11 +217,11 @@ def test_retain_members_match_the_non_members_label_counts():
     rng = np.random.default_rng(0)
     member_labels = np.repeat(np.arange(5), 20)
     nonmember_labels = np.array([0, 0, 1, 3, 3, 3, 4])
-    mi, ni = robustness._matched_indices(member_labels, nonmember_labels, 5, rng)
+    mi, ni = membership._matched_indices(member_labels, nonmember_labels, 5, rng)
     assert len(mi) == len(ni) == 5
     assert sorted(member_labels[mi]) == sorted(nonmember_labels[ni])
     # too few members of a label: topped up at random, still equal counts and no repeats
-    mi, ni = robustness._matched_indices(np.array([0, 1, 1, 1]), np.array([0, 0, 0]), 3, rng)
+    mi, ni = membership._matched_indices(np.array([0, 1, 1, 1]), np.array([0, 0, 0]), 3, rng)
     assert len(set(mi.tolist())) == 3 and len(ni) == 3
 
 
@@ -251,7 +240,7 @@ def test_relearning_is_seeded_leaves_the_model_alone_and_evaluates_the_fine_tune
     )
     # record every model that gets evaluated, and report its weights' checksum as its "forget rate"
     seen: list[tuple[int, float]] = []
-    real = robustness.evaluate_model
+    real = relearn.evaluate_model
 
     def spy(model, clf, **kw):
         ev = real(model, clf, **kw)
@@ -260,7 +249,7 @@ def test_relearning_is_seeded_leaves_the_model_alone_and_evaluates_the_fine_tune
         ev.figures["forget_rate"] = _checksum(model)
         return ev
 
-    monkeypatch.setattr(robustness, "evaluate_model", spy)
+    monkeypatch.setattr(relearn, "evaluate_model", spy)
     a = relearning(unet, default_scenario, classifier, config, pretrained_forget_rate=0.4, progress=False)
     # 1. the caller's model is untouched (weights and mode)
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items()) and unet.training
@@ -283,14 +272,14 @@ def test_relearning_is_seeded_leaves_the_model_alone_and_evaluates_the_fine_tune
 
 def test_steps_to_half_is_the_first_evaluation_at_half_the_pretrained_level(default_scenario, monkeypatch):
     scripted = iter([0.0, 0.1, 0.25, 0.3])
-    real = robustness.evaluate_model
+    real = relearn.evaluate_model
 
     def scripted_rates(model, clf, **kw):
         ev = real(model, clf, **kw)
         ev.figures["forget_rate"] = next(scripted)
         return ev
 
-    monkeypatch.setattr(robustness, "evaluate_model", scripted_rates)
+    monkeypatch.setattr(relearn, "evaluate_model", scripted_rates)
     config = RelearnConfig(steps=3, eval_every=1, batch_size=2, forget_per_batch=1, samples=1, ddim_steps=1)
     config = dataclasses.replace(config, modes=("mixed",))
     res = relearning(_unet(), default_scenario, _classifier(), config, pretrained_forget_rate=0.4, progress=False)

@@ -31,13 +31,9 @@ def robustness_runner(
     from ..assets import bundled_model_dir
     from ..data.scenarios import scenario_of_checkpoint
     from ..metrics.classifier import classifier_dir_for, load_classifier
-    from ..metrics.robustness import (
-        RobustnessConfig,
-        membership_inference,
-        robustness_figures,
-        sampled_forget_rate,
-        summary_figures,
-    )
+    from ..metrics.membership import membership_inference
+    from ..metrics.relearn import sampled_forget_rate
+    from ..metrics.robustness import RobustnessConfig, robustness_figures, summary_figures
     from ..models.checkpoint import load_model_config
 
     checkpoint = Path(base.config.checkpoint) if base.config.checkpoint else bundled_model_dir()

@@ -79,7 +79,9 @@ def _evaluation_kwargs(config: dict, args: argparse.Namespace, *, seed: int, bat
 
 def _robustness_config(args: argparse.Namespace, *, ddim_steps: int, eval_seed: int):
     """A :class:`~unlearn_gym.metrics.robustness.RobustnessConfig` from the robustness options."""
-    from ..metrics.robustness import MembershipConfig, RelearnConfig, RobustnessConfig
+    from ..metrics.membership import MembershipConfig
+    from ..metrics.relearn import RelearnConfig
+    from ..metrics.robustness import RobustnessConfig
 
     try:
         return RobustnessConfig(

@@ -188,7 +188,8 @@ def _add_fidelity_table(
 def _add_robustness(figures: dict, args: argparse.Namespace, models: _Models, robustness_config) -> None:
     """``--metrics robustness``: add the membership inference and relearning figures to ``figures``."""
     from ..data.scenarios import ScenarioDataError, scenario_of_checkpoint
-    from ..metrics.robustness import robustness_figures, sampled_forget_rate
+    from ..metrics.relearn import sampled_forget_rate
+    from ..metrics.robustness import robustness_figures
 
     config, classifier = models.config, models.classifier
     try:

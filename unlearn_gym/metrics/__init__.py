@@ -1,4 +1,5 @@
-"""Evaluation: the scenario classifier, forget rate and retain accuracy, Table 1 (``table``), attacks (``robustness``)."""
+"""Evaluation: the scenario classifier, forget rate and retain accuracy, Table 1 (``table``), attacks
+(``membership``, ``relearn``, both together in ``robustness``)."""
 
 from .classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 
