@@ -14,20 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from unlearn_gym.metrics import fidelity
+from unlearn_gym.metrics import features
 from unlearn_gym.metrics.classifier import Classifier, ClassifierTrainConfig, train_classifier
-from unlearn_gym.metrics.fidelity import (
+from unlearn_gym.metrics.features import (
     ClassifierFeatures,
     InceptionUnavailableError,
     as_feature_module,
-    fid,
     inception_feature,
-    inception_score,
-    inception_score_from_logits,
-    kid,
-    memorisation,
-    ssim,
 )
+from unlearn_gym.metrics.fidelity import fid, inception_score, inception_score_from_logits, kid, memorisation, ssim
 from unlearn_gym.metrics.table import SampleSet, fidelity_table, to_markdown
 
 pytestmark = pytest.mark.xdist_group("metrics")  # one worker builds the module fixtures once
@@ -280,7 +275,7 @@ def test_missing_parts_are_none(small_scenario, untrained_classifier):
 
 
 def test_inception_needs_torch_fidelity(monkeypatch):
-    monkeypatch.setattr(fidelity, "_torch_fidelity_available", lambda: False)
+    monkeypatch.setattr(features, "_torch_fidelity_available", lambda: False)
     with pytest.raises(InceptionUnavailableError, match=r"pip install torch-fidelity"):
         inception_feature()
 
@@ -289,7 +284,7 @@ def test_inception_fails_fast_without_weights(monkeypatch, tmp_path):
     def no_download(*args, **kwargs):
         raise AssertionError("inception_feature must not try to download")
 
-    monkeypatch.setattr(fidelity, "_torch_fidelity_available", lambda: True)
+    monkeypatch.setattr(features, "_torch_fidelity_available", lambda: True)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     t0 = time.perf_counter()

@@ -111,7 +111,7 @@ class EpisodeRunner:
 
     def _retain_features(self, ev):
         """The classifier's (n, 128) features of ``ev``'s samples of the retain labels (every label but y_c)."""
-        from ..metrics.fidelity import extract_features
+        from ..metrics.features import extract_features
 
         keep = ev.labels.cpu() != self.contaminated_label
         return extract_features(ev.images.cpu()[keep], self.classifier)

@@ -125,7 +125,7 @@ def _load_models(args: argparse.Namespace, device: str, robust: bool) -> _Models
 
 def _inception_modules(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
     """``--features inception``: InceptionV3's 2048 pool features and its logits (FID/KID and IS)."""
-    from ..metrics.fidelity import InceptionUnavailableError, inception_feature
+    from ..metrics.features import InceptionUnavailableError, inception_feature
 
     try:  # before any sampling: fail fast where the weights are absent
         feature = inception_feature(2048, weights_path=args.inception_weights, device=device)

@@ -13,7 +13,7 @@ scenario's real images (training splits):
   class y (for y_c: the genuine images of that label, which unlearning should steer samples to).
 
 Features for FID/KID and logits for IS come from the scenario's evaluation classifier unless
-``feature`` / ``logits_module`` say otherwise (e.g. :func:`~.fidelity.inception_feature`). Real
+``feature`` / ``logits_module`` say otherwise (e.g. :func:`~.features.inception_feature`). Real
 features are computed once and shared by all models. A figure that cannot be computed (fewer than
 two samples for FID/KID, none for IS/SSIM) is ``None``. Per-class parts have few samples: with
 fewer samples than feature dimensions (128) the covariances in FID are singular and FID is biased
@@ -33,10 +33,9 @@ from torch import nn
 
 from ..data.scenarios import Scenario
 from .classifier import Classifier
+from .features import DEFAULT_BATCH_SIZE, extract_features
 from .fidelity import (
-    DEFAULT_BATCH_SIZE,
     KID_MAX_SUBSET_SIZE,
-    extract_features,
     fid_from_features,
     inception_score_from_logits,
     kid_from_features,
@@ -186,7 +185,7 @@ def fidelity_table(
         classifier: the scenario's evaluation classifier: features for FID/KID and logits for IS
             unless ``feature`` / ``logits_module`` are given.
         feature: another feature network for FID/KID (see
-            :func:`~unlearn_gym.metrics.fidelity.as_feature_module`), e.g. ``inception_feature()``.
+            :func:`~unlearn_gym.metrics.features.as_feature_module`), e.g. ``inception_feature()``.
         logits_module: another logits network for IS, e.g. ``inception_feature("logits_unbiased")``.
         per_class: also compute Appendix B (one part per label).
         kid_subsets: KID subsets (subset size min(1000, n_real, n_fake)).
