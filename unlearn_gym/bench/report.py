@@ -126,12 +126,12 @@ def _holm_lines(verdicts: dict[str, dict]) -> list[str]:
     if not significant:
         return []
     kept = [
-        f"{n} {m} {c['verdict']} (p {c['p']:.4f}, Holm {c['p_holm']:.3f})"
+        f"{n} {m} {c['verdict']} (p {c['p']:.4f}, Holm {c['p_holm']:.4f})"
         for n, m, c in significant
         if c["verdict_holm"] != "indistinguishable"
     ]
     lost = [
-        f"{n} {m} (p {c['p']:.4f}, Holm {c['p_holm']:.3f})"
+        f"{n} {m} (p {c['p']:.4f}, Holm {c['p_holm']:.4f})"
         for n, m, c in significant
         if c["verdict_holm"] == "indistinguishable"
     ]
@@ -194,7 +194,7 @@ def _holm_pair_note(pair: dict) -> str:
     if "p_holm" not in pair:
         return ""
     kept = "differs" if pair["differs_holm"] else "does not differ"
-    return f"; p {pair['p']:.4f}, Holm over the {pair['pairs_tested']} pairs {pair['p_holm']:.3f} ({kept} after the correction)"
+    return f"; p {pair['p']:.4f}, Holm over the {pair['pairs_tested']} pairs {pair['p_holm']:.4f} ({kept} after the correction)"
 
 
 def _fidelity_lines(result: dict) -> list[str]:
