@@ -277,7 +277,7 @@ def test_runner_gives_equal_results_for_equal_seeds(tiny_checkpoint):
 
 
 def test_report_files_and_the_json_command(tiny_checkpoint, tmp_path, capsys):
-    from unlearn_gym.bench.stats import iqm
+    from unlearn_gym.bench.aggregates import iqm
     from unlearn_gym.cli import main
 
     argv = ["bench", "--policies", "static:0.5,linear:0.9:0.1", "--checkpoint", str(tiny_checkpoint)]

@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from unlearn_gym.bench.stats import (
+from unlearn_gym.bench.aggregates import (
     interval_estimate,
     iqm,
     mean,
-    paired_spread,
     performance_profile,
     probability_of_improvement,
     probability_of_improvement_interval,
     stratified_bootstrap,
 )
+from unlearn_gym.bench.stats import paired_spread
 
 
 def test_iqm_is_the_mean_of_the_middle_half():

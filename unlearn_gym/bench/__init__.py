@@ -15,13 +15,15 @@ package's modules, each with one job (every import points down this list):
 - :mod:`~unlearn_gym.bench.record`: the episode record between the runner and the report, the
   episode log (:data:`EPISODE_LOG`, :func:`read_episode_log`);
 - :mod:`~unlearn_gym.bench.recording`: every episode's steps as Minari datasets;
-- :mod:`~unlearn_gym.bench.stats`: the statistics (Student-t intervals, paired verdicts, rliable's aggregates);
+- :mod:`~unlearn_gym.bench.stats`: the statistics (Student-t intervals, paired verdicts, Holm's correction);
+- :mod:`~unlearn_gym.bench.aggregates`: rliable's aggregates (IQM, stratified bootstrap, probability of improvement);
 - :mod:`~unlearn_gym.bench.config`: :class:`BenchConfig` and the main job's settings.
 
 This module re-exports the names its callers use.
 """
 
 from ..policy_specs import policy_from_spec, policy_name  # the registry sits above baselines/ and agents/
+from .aggregates import aggregate_statistics
 from .config import BENCH_ENV_KWARGS, BENCH_SEEDS, DEFAULT_POLICIES, BenchConfig
 from .episodes import EpisodeRunner
 from .record import EPISODE_LOG, EpisodeOutcome, EpisodeRecord, read_episode_log
@@ -33,7 +35,6 @@ from .stats import (
     SUMMARY_METRICS,
     VERDICT_METRICS,
     add_outcome_scores,
-    aggregate_statistics,
     compare_with_reference,
     confidence_interval,
     holm_adjust,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .stats import VERDICT_METRICS, confidence_interval, performance_profile
+from .aggregates import performance_profile
+from .stats import VERDICT_METRICS, confidence_interval
 
 __all__ = ["write_plots"]
 

@@ -7,7 +7,7 @@ unnormalised) episode return is recorded, and the unlearned model is evaluated b
 rate, retain accuracy; the Table-1 metrics on request) with one fixed evaluation seed, the same
 noise for every model. Summaries are the mean and the 95% confidence half-width of Student's t
 over the episodes of each policy, paired verdicts against a reference policy, and rliable's
-aggregates (:mod:`unlearn_gym.bench.stats`): IQM and mean with stratified-bootstrap intervals
+aggregates (:mod:`unlearn_gym.bench.aggregates`): IQM and mean with stratified-bootstrap intervals
 (strata: the instances) and the probability of improvement over the reference.
 
 With ``log_path``, every finished episode is appended to a JSON-lines log (``episodes.jsonl``:
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .aggregates import aggregate_statistics
 from .config import BenchConfig, Unit
 from .episodes import EpisodeRunner
 from .ray_backend import check_address, require_ray, run_on_ray
@@ -47,7 +48,6 @@ from .robustness import robustness_runner
 from .stats import (
     FIDELITY_METRICS,
     add_outcome_scores,
-    aggregate_statistics,
     compare_with_reference,
     confidence_interval,
     return_agreement,
@@ -97,7 +97,7 @@ def run_benchmark(
     Returns:
         JSON-able dict: ``settings``, ``pretrained`` (evaluation of the model at reset),
         ``episodes`` (one record per run), ``summary`` (policy → metric → mean, ci95, n; with
-        ``vs_reference``, ``worst_class`` and :func:`~unlearn_gym.bench.stats.aggregate_statistics`' ``iqm``,
+        ``vs_reference``, ``worst_class`` and :func:`~unlearn_gym.bench.aggregates.aggregate_statistics`' ``iqm``,
         ``mean_bootstrap`` and ``prob_improvement``), ``warnings``, with ``log_path``
         ``episode_log`` ({path, resumed_episodes}), with ``record`` ``datasets`` ({path, ids:
         policy → Minari dataset id}); plus the non-JSON ``_grids`` (before/after
@@ -355,7 +355,7 @@ def _summary(
     robustness: bool,
 ) -> dict[str, dict]:
     """policy → its summary (:func:`~unlearn_gym.bench.stats.summarize`) with ``vs_reference``,
-    ``spread_vs_reference`` and rliable's aggregates (:func:`~unlearn_gym.bench.stats.aggregate_statistics`)."""
+    ``spread_vs_reference`` and rliable's aggregates (:func:`~unlearn_gym.bench.aggregates.aggregate_statistics`)."""
     summary = summarize(episodes, names, pretrained, contaminated_label, robustness)
     for name, verdict in compare_with_reference(episodes, names, config.reference).items():
         summary[name]["vs_reference"] = verdict
