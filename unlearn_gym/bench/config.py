@@ -60,6 +60,10 @@ class BenchConfig:
     """Evaluation samples of the contaminated label (the forget rate resolves to 1/this per
     episode); None = ``samples_per_label``."""
     ddim_steps: int = 10
+    curve_steps: tuple[int, ...] = ()
+    """Steps t < T after which each episode's forget rate is sampled too (the forget curve, with the end
+    point: :mod:`unlearn_gym.bench.curve`'s AUC and steps to half and a tenth of the pretrained rate);
+    each point costs one sampling of the contaminated label's evaluation samples. () = the end point only."""
     eval_seed: int = 0
     """Seed of the evaluation's initial noise: the same for every model, before and after."""
     metrics: str = "basic"
@@ -135,6 +139,8 @@ class BenchConfig:
             raise ValueError(f"executor must be 'auto', 'vmap', 'loop' or 'graph', got {self.executor!r}")
         if self.contaminated_label_samples is not None and self.contaminated_label_samples < 1:
             raise ValueError(f"contaminated_label_samples must be None or >= 1, got {self.contaminated_label_samples}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in self.curve_steps):
+            raise ValueError(f"curve_steps must be ints >= 1 (steps of the episode), got {self.curve_steps!r}")
         if self.metrics not in ("basic", "full"):
             raise ValueError(f"metrics must be 'basic' or 'full', got {self.metrics!r}")
         if self.bootstrap_reps < 1:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .config import BenchConfig, Unit
+from .curve import check_curve_steps
 from .record import EpisodeOutcome, add_evaluation, episode_record
 
 __all__ = ["EpisodeRunner"]
@@ -91,6 +92,17 @@ class EpisodeRunner:
                 sampler=base.sampler,  # SFD-v0: its one-step generator
             )
             self.evaluate = self._evaluate
+        self.horizon = int(base.config.horizon)
+        """T: the env's episode length."""
+        self.curve_steps: tuple[int, ...] = ()
+        """The steps t < T after which an episode's forget rate is sampled too (``config.curve_steps``)."""
+        if config.curve_steps:
+            if self.evaluate is None or self.contaminated_label is None or base.forget_class is not None:
+                raise ValueError(
+                    "curve_steps needs the sample evaluation (samples_per_label > 0) of a contamination "
+                    "scenario (the forget rate of the contaminated label); SFD-v0's class erasure has none"
+                )
+            self.curve_steps = check_curve_steps(config.curve_steps, self.horizon)
 
     def retrained_dir(self) -> Path | None:
         """The retrained-without-the-forget-set model of ``config.retrained`` (None: no reference)."""
@@ -168,6 +180,16 @@ class EpisodeRunner:
             ev.figures.update(erasure_figures(ev.figures["per_label"], forget_class))
         return ev
 
+    def curve_forget_rate(self, model=None) -> float:
+        """The forget rate of ``model`` (default: the single env's current model) on the forget curve's
+        samples: the contaminated label's evaluation samples only (``contaminated_label_samples``, seed
+        ``eval_seed``: the same initial noises at every point of every curve)."""
+        from ..metrics.forget import evaluate_model
+
+        model = self.base.unlearned_model() if model is None else model
+        kw = self._eval_kw | {"only_labels": (self.contaminated_label,)}
+        return float(evaluate_model(model, self.classifier, **kw).figures["forget_rate"])
+
     def warnings(self) -> list[str]:
         """Policies trained on another env or with other settings than this bench's."""
         out, base = [], self.base
@@ -185,14 +207,28 @@ class EpisodeRunner:
                 out.append(f"{name} was trained on {policy.env_id}, benched on {self.config.env_id}")
         return out
 
-    def episode(self, name: str, seed: int, instance: int | None) -> EpisodeOutcome:
+    def episode(
+        self,
+        name: str,
+        seed: int,
+        instance: int | None,
+        *,
+        on_step: Callable[[int, dict], None] | None = None,
+        evaluate: bool = True,
+    ) -> EpisodeOutcome:
         """One episode of policy ``name`` from ``reset(seed, instance)``.
 
-        The policy is reset with the episode's seed first, so an episode depends on nothing that ran before.
+        The policy is reset with the episode's seed first, so an episode depends on nothing that ran
+        before. With ``curve_steps``, the forget rate is sampled after each of those steps and at the
+        end (the record's ``forget_curve``; ``seconds_curve``, not counted in ``seconds_unlearn``).
+
+        Args:
+            on_step: called after every step as ``on_step(t, info)`` (t = 1, 2, …), e.g. a progress bar.
+            evaluate: evaluate the unlearned model at the end (where the runner has an evaluation).
 
         Returns:
             (record, evaluation or None, :class:`~unlearn_gym.bench.recording.EpisodeSteps` when
-            recording, else None).
+            recording, else None). The single env keeps the unlearned weights until its next reset.
         """
         config, env, policy = self.config, self.env, self.policies[name]
         steps = None
@@ -207,6 +243,7 @@ class EpisodeRunner:
         if steps is not None:
             steps.reset(obs)
         lams, rewards, done, info, episode_start = [], [], False, {}, True
+        curve, curve_seconds = [], 0.0
         while not done:
             action, _ = policy.predict(obs, episode_start=np.array([episode_start]), deterministic=config.deterministic)
             next_obs, reward, terminated, truncated, info = env.step(action)
@@ -217,12 +254,23 @@ class EpisodeRunner:
             lams.append(float(info["lam"]))
             rewards.append(float(reward))
             obs, done, episode_start = next_obs, terminated or truncated, False
+            if not done and len(lams) in self.curve_steps:
+                tc = time.perf_counter()
+                curve.append([len(lams), self.curve_forget_rate()])
+                curve_seconds += time.perf_counter() - tc
+            if on_step is not None:
+                on_step(len(lams), info)
         t1 = time.perf_counter()
-        record = episode_record(name, seed, instance, lams, rewards, info, t1 - t0)
+        record = episode_record(name, seed, instance, lams, rewards, info, t1 - t0 - curve_seconds)
+        if self.curve_steps:
+            curve.append([len(lams), self.curve_forget_rate()])
+            record["forget_curve"] = curve
+            record["seconds_curve"] = round(curve_seconds + time.perf_counter() - t1, 3)
         ev = None
-        if self.evaluate is not None:
+        if evaluate and self.evaluate is not None:
+            t2 = time.perf_counter()
             ev = self.evaluate()
-            add_evaluation(record, ev, round(time.perf_counter() - t1, 3))
+            add_evaluation(record, ev, round(time.perf_counter() - t2, 3))
         return EpisodeOutcome(record, ev, None if steps is None else steps.finish(seed, instance))
 
     def episodes(self, units: Sequence[Unit]) -> list[EpisodeOutcome]:
@@ -259,8 +307,13 @@ class EpisodeRunner:
         def evaluate(run: int) -> None:  # called with run's unlearned weights, before they are restored
             if run < state.k and run not in state.evaluations and self.evaluate is not None:
                 t = time.perf_counter()
-                ev = self._evaluate(vec.unwrapped.unlearned_model(run))
-                state.evaluations[run] = (ev, round(time.perf_counter() - t, 3))
+                model = vec.unwrapped.unlearned_model(run)
+                if self.curve_steps:
+                    state.curve_end[run] = self.curve_forget_rate(model)
+                    state.curve_seconds[run] += time.perf_counter() - t
+                t_eval = time.perf_counter()
+                ev = self._evaluate(model)
+                state.evaluations[run] = (ev, round(time.perf_counter() - t_eval, 3))
                 state.evaluating += time.perf_counter() - t
 
         t0 = time.perf_counter()
@@ -277,6 +330,9 @@ class EpisodeRunner:
         for i, (name, seed, instance) in enumerate(units):
             seconds = state.ended_at[i] - t0
             record = episode_record(name, seed, instance, state.lams[i], state.rewards[i], state.last_info[i], seconds)
+            if self.curve_steps:
+                record["forget_curve"] = [*state.curves[i], [len(state.lams[i]), state.curve_end[i]]]
+                record["seconds_curve"] = round(state.curve_seconds[i], 3)
             ev = None
             if i in state.evaluations:
                 ev, seconds = state.evaluations[i]
@@ -335,6 +391,11 @@ class EpisodeRunner:
                 state.active[i], state.last_info[i] = False, info
                 state.ended_at[i] = time.perf_counter() - state.evaluating
                 evaluate(i)  # where the vector env ended the episode without restoring the weights
+            elif len(state.lams[i]) in self.curve_steps:  # a point of the forget curve, on run i's current weights
+                t = time.perf_counter()
+                state.curves[i].append([len(state.lams[i]), self.curve_forget_rate(vec.unwrapped.unlearned_model(i))])
+                state.curve_seconds[i] += time.perf_counter() - t
+                state.evaluating += time.perf_counter() - t
         return next_obs
 
     def _vector_env(self):
@@ -395,7 +456,16 @@ class _BatchState:
     """run → (its evaluation, seconds it took)."""
     evaluating: float = 0.0
     """Seconds spent evaluating so far (not unlearning time)."""
+    curves: list[list[list[float]]] = field(default_factory=list)
+    """Each run's forget-curve points [t, F(t)] before its end (with ``curve_steps``)."""
+    curve_end: dict[int, float] = field(default_factory=dict)
+    """run → the forget rate on the curve's samples of the model it ended with."""
+    curve_seconds: list[float] = field(default_factory=list)
+    """Each run's seconds of curve sampling."""
 
     @classmethod
     def start(cls, k: int) -> _BatchState:
-        return cls(k, [[] for _ in range(k)], [[] for _ in range(k)], [{} for _ in range(k)], [True] * k)
+        empty = lambda: [[] for _ in range(k)]  # noqa: E731
+        state = cls(k, empty(), empty(), [{} for _ in range(k)], [True] * k)
+        state.curves, state.curve_seconds = empty(), [0.0] * k
+        return state

@@ -64,6 +64,13 @@ EpisodeRecord = TypedDict(  # functional form: "return" is a keyword
         "retain_kid_retrained": float,
         "damage": float,
         "adjusted_forget_rate": float,
+        "forget_curve": "list[list[float]]",
+        "seconds_curve": float,
+        "forget_auc": float,
+        "steps_to_half": float,
+        "reached_half": bool,
+        "steps_to_tenth": float,
+        "reached_tenth": bool,
         "robustness": dict,
         "seconds_robustness": float,
     },
@@ -79,7 +86,10 @@ and the per-step ``lambdas`` (λ_t) and ``rewards`` (r_t); ``seconds_unlearn``. 
 (SFD-v0: ``unlearning_accuracy``, ``remaining_accuracy``), ``per_label_accuracy`` (label → sample
 accuracy), ``seconds_evaluate``; with a retrained reference ``retain_fid_retrained`` and
 ``retain_kid_retrained``; with the pretrained evaluation ``damage`` (D⁺) and ``adjusted_forget_rate``
-(F + β·D⁺, :func:`~unlearn_gym.bench.stats.add_outcome_scores`). With the robustness attacks:
+(F + β·D⁺, :func:`~unlearn_gym.bench.stats.add_outcome_scores`). With ``curve_steps``: ``forget_curve``
+([t, F(t)] after those steps and at the end), ``seconds_curve``, and its scores ``forget_auc``,
+``steps_to_half``, ``reached_half``, ``steps_to_tenth``, ``reached_tenth``
+(:func:`~unlearn_gym.bench.curve.curve_scores`). With the robustness attacks:
 ``robustness`` (the figures), ``seconds_robustness`` and the figures' summary entries (e.g.
 ``mia_forget_auc``). A plain ``dict`` at run time: the JSON written is the record as it is."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .plots import write_plots
-from .stats import FIDELITY_METRICS, SPREAD_METRIC, VERDICT_METRICS
+from .stats import FIDELITY_METRICS, SPREAD_METRIC, VERDICT_METRICS, confidence_interval
 
 __all__ = ["json_summary", "to_markdown", "write_report"]
 
@@ -31,6 +31,7 @@ def to_markdown(result: dict, command: str | None = None) -> str:
         lines += ["```", command, "```", ""]
     lines += [_settings_line(result["settings"]), ""]
     lines += _summary_table(result)
+    lines += _curve_lines(result)
     lines += _worst_class_lines(result)
     lines += _verdict_lines(result)
     lines += _spread_lines(result)
@@ -86,6 +87,38 @@ def _summary_table(result: dict) -> list[str]:
             f"| {name} | {row['return']['n']} | {_fmt(row['return'], 4)} | {cells} | {_fmt(row['efficacy'], 4)} | "
             f"{_fmt(row['degradation'], 4)} | {row['diverged']} |"
         )
+    return lines
+
+
+def _curve_lines(result: dict) -> list[str]:
+    """The forget curve's table (``curve_steps``): per policy the mean F(t) at every sampled step, the
+    area under the curve and the steps to half and a tenth of F⁰ (:mod:`unlearn_gym.bench.curve`)."""
+    rows = {n: row for n, row in result["summary"].items() if "forget_auc" in row}
+    if not rows:
+        return []
+    episodes = [e for e in result["episodes"] if e.get("forget_curve")]
+    steps = sorted({int(t) for e in episodes for t, _ in e["forget_curve"]})
+    start = result["pretrained"]["curve_forget_rate"]
+    lines = [
+        "",
+        f"Forget curve: F(t) on the contaminated label's {result['settings'].get('contaminated_label_samples')} "
+        f"evaluation samples after t updates (F⁰ = {start:.3f}, the pretrained model on the same noises); AUC = "
+        "(1/T)·∫F dt (trapezoid); steps to F⁰/2 and F⁰/10 on this grid, never = T (reached: episodes that got "
+        "there). Cells: mean ± 95% CI over the episodes.",
+        "",
+        "| policy | " + " | ".join(f"F({t})" for t in steps) + " | AUC ↓ | steps to F⁰/2 ↓ | steps to F⁰/10 ↓ |",
+        "|---|" + "---|" * (len(steps) + 3),
+    ]
+    for name, row in rows.items():
+        mine = [e for e in episodes if e["policy"] == name]
+        at = []
+        for t in steps:  # an episode that ended before t (diverged) keeps its last model
+            values = [next((f for s, f in reversed(e["forget_curve"]) if s <= t), start) for e in mine]
+            at.append(_fmt(dict(zip(("mean", "ci95"), confidence_interval(values)))))
+        n = row["forget_auc"]["n"]
+        half = f"{_fmt(row['steps_to_half'], 1)} ({row.get('reached_half', 0)}/{n})"
+        tenth = f"{_fmt(row['steps_to_tenth'], 1)} ({row.get('reached_tenth', 0)}/{n})"
+        lines.append(f"| {name} | " + " | ".join(at) + f" | {_fmt(row['forget_auc'])} | {half} | {tenth} |")
     return lines
 
 

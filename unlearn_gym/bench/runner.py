@@ -40,6 +40,7 @@ import numpy as np
 
 from .aggregates import aggregate_statistics
 from .config import BenchConfig, Unit
+from .curve import add_curve_scores
 from .episodes import EpisodeRunner
 from .ray_backend import check_address, require_ray, run_on_ray
 from .record import EpisodeLog, EpisodeOutcome, EpisodeRecord, log_settings
@@ -185,6 +186,8 @@ def _evaluate_references(runner: EpisodeRunner, log: Callable[[str], None]) -> _
     refs.grids["pretrained"] = _grid_images(ev, runner.num_labels, runner.config)
     refs.samples["pretrained"] = (ev.images, ev.labels)
     pretrained["intervals"] = sample_intervals(ev, runner.contaminated_label, runner.contaminant_class)
+    if runner.curve_steps:  # F⁰ of the forget curves: the same samples as every curve point
+        pretrained["curve_forget_rate"] = runner.curve_forget_rate()
     log(
         f"pretrained: forget_rate {ev.figures['forget_rate']:.3f}, retain_accuracy "
         f"{ev.figures['retain_accuracy']:.3f} ({time.perf_counter() - t0:.1f} s)"
@@ -331,10 +334,13 @@ def _run_batches(
 
 
 def _score_outcomes(episodes: list[EpisodeRecord], refs: _References, runner: EpisodeRunner) -> None:
-    """Add the sampled damage D⁺ and the damage-adjusted forget rate F + β·D⁺ to the evaluated episodes
-    and the reference rows (:func:`~unlearn_gym.bench.stats.add_outcome_scores`; the pretrained row:
-    D⁺ = 0); not where the env erases a class (SFD-v0: no contaminant to score)."""
+    """Add the forget curve's scores (:func:`~unlearn_gym.bench.curve.add_curve_scores`), the sampled
+    damage D⁺ and the damage-adjusted forget rate F + β·D⁺ to the evaluated episodes and the reference
+    rows (:func:`~unlearn_gym.bench.stats.add_outcome_scores`; the pretrained row: D⁺ = 0); the last two
+    not where the env erases a class (SFD-v0: no contaminant to score)."""
     base, pretrained = runner.base, refs.pretrained
+    if pretrained is not None and runner.curve_steps:
+        add_curve_scores(episodes, pretrained["curve_forget_rate"], runner.horizon)
     if pretrained is None or runner.contaminated_label is None or base.forget_class is not None:
         return
     add_outcome_scores(episodes, pretrained, runner.contaminated_label, base.config.beta)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .curve import CURVE_METRICS
+
 if TYPE_CHECKING:
     from .record import EpisodeRecord
 
@@ -114,10 +116,11 @@ SUMMARY_METRICS = (
     "retain_kid_retrained",
     "efficacy",
     "degradation",
+    *CURVE_METRICS,
 )
 """The record entries each policy's summary holds as {mean, ci95, n} (:func:`summarize`), where its episodes have them."""
 
-VERDICT_METRICS = {"return": +1, "adjusted_forget_rate": -1, "forget_rate": -1, "retain_accuracy": +1}
+VERDICT_METRICS = {"return": +1, "adjusted_forget_rate": -1, "forget_rate": -1, "retain_accuracy": +1, **CURVE_METRICS}
 """Metrics with a verdict against the reference, and the sign of "better" (+1: higher is better)."""
 
 FIDELITY_METRICS = {
@@ -437,6 +440,9 @@ def summarize(
                 centre, half = confidence_interval([r[metric] for r in rows])
                 summary[name][metric] = {"mean": centre, "ci95": half, "n": len(rows)}
         summary[name]["diverged"] = sum(r["diverged"] for r in rows)
+        for reached in ("reached_half", "reached_tenth"):
+            if reached in rows[0]:
+                summary[name][reached] = sum(bool(r[reached]) for r in rows)
         if pretrained is not None and "per_label_accuracy" in rows[0]:
             summary[name]["worst_class"] = worst_class_drop(pretrained, rows, contaminated_label)
         if robustness:

@@ -63,6 +63,7 @@ def _bench_config(args: argparse.Namespace, env_kwargs: dict):
         samples_per_label=args.samples,
         contaminated_label_samples=args.contaminated_samples,
         ddim_steps=args.ddim_steps,
+        curve_steps=args.curve_steps,
         eval_seed=args.eval_seed,
         metrics=args.metrics,
         classifier=args.classifier,

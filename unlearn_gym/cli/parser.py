@@ -183,10 +183,15 @@ def _add_unlearn(command: _Command) -> None:
     """``unlearn-gym unlearn`` and its options."""
     p = command(
         "unlearn",
-        "run a λ-policy through SISS-v0 and evaluate before and after",
+        "run one episode of a λ-policy on SISS-v0 and evaluate the model before and after",
         "checkpoint", "classifier", "device", "threads", "progress", "json",
     )  # fmt: skip
-    p.add_argument("--policy", default="static:0.5", help="static:LAMBDA")
+    p.add_argument(
+        "--policy",
+        default="static:0.5",
+        help="a policy spec as in bench --policies: static:L, linear:A:B, cosine:A:B, random, vi-adaptive, "
+        "vi-variance, ppo or agent:DIR",
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -290,6 +295,14 @@ def _add_bench_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """``"10,25,50"`` → (10, 25, 50)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 10,25,50, got {text!r}") from None
+
+
 def _add_bench_evaluation_args(p: argparse.ArgumentParser) -> None:
     """bench: the evaluation of each unlearned model and the references."""
     p.add_argument("--samples", type=int, default=20, help="evaluation samples per retain label at each episode end")
@@ -306,6 +319,14 @@ def _add_bench_evaluation_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ddim-steps", type=int, default=10)
     p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument(
+        "--curve-steps",
+        type=_int_list,
+        default=(),
+        metavar="T1,T2,...",
+        help="also sample the forget rate after these steps of every episode (e.g. 10,25,50 at T = 100): the "
+        "forget curve's AUC and steps to half and a tenth of the pretrained rate, with intervals",
+    )
     p.add_argument("--metrics", default="basic", choices=["basic", "full"], help="full: also FID/KID/IS/SSIM")
     p.add_argument(
         "--retrained",
