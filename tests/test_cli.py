@@ -104,6 +104,29 @@ def test_pretrain_then_evaluate_then_unlearn(tmp_path, capsys):
         "retain_accuracy",
     }
     assert (tmp_path / "un" / "model" / "model.safetensors").is_file()
+    # the episode ran through the bench's runner: the saved model is the one evaluated "after", and the
+    # record's return is the sum of the rewards of a policy spec other than static (a schedule)
+    from unlearn_gym.metrics.classifier import classifier_dir_for, load_classifier
+    from unlearn_gym.metrics.forget import evaluate_model
+    from unlearn_gym.models.checkpoint import load_model, load_model_config
+
+    config = load_model_config(ckpt)
+    classifier = load_classifier(classifier_dir_for(ckpt, config, None), "cpu")
+    scen = config["scenario"]
+    again = evaluate_model(
+        load_model(tmp_path / "un" / "model", device="cpu")[0], classifier, num_labels=scen["num_labels"],
+        contaminated_label=scen["contaminated_label"], contaminant_class=scen["contaminant_class"],
+        samples_per_label=1, num_inference_steps=1, seed=0, progress=False, scheduler_config=config.get("scheduler"),
+    )  # fmt: skip
+    assert again.figures["per_label"] == res["after"]["per_label"]
+    main(
+        ["unlearn", "--policy", "linear:0.2:0.8", "--steps", "2", "--checkpoint", str(ckpt), "--batch-size", "4",
+         "--samples", "1", "--ddim-steps", "1", "--json", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "un2")]
+    )  # fmt: skip
+    res2 = _json_stdout(capsys)
+    assert res2["steps"] == 2 and res2["mean_lambda"] == pytest.approx(
+        (0.2 + 0.5) / 2
+    )  # λ_t = 0.2 + 0.6·t/2 and res2["before"] == res["before"]
 
 
 def test_perf_reports_the_ratios(capsys):
@@ -117,9 +140,9 @@ def test_perf_reports_the_ratios(capsys):
 
 
 def test_user_errors_are_clear(tmp_path):
-    with pytest.raises(SystemExit, match="expected 'static:LAMBDA'"):
-        main(["unlearn", "--policy", "linear:0.5"])
-    with pytest.raises(SystemExit, match=r"LAMBDA in \[0, 1\], got 1.5"):
+    with pytest.raises(SystemExit, match="--policy: unknown policy 'linear0.5': use static:L"):
+        main(["unlearn", "--policy", "linear0.5"])
+    with pytest.raises(SystemExit, match=r"--policy: lam must be in \[0, 1\], got 1.5"):
         main(["unlearn", "--policy", "static:1.5"])
     with pytest.raises(SystemExit, match="not a checkpoint directory"):
         main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--device", "cpu"])

@@ -1,92 +1,91 @@
-"""``unlearn-gym unlearn``: run a static λ through SISS-v0 and evaluate the model before and after."""
+"""``unlearn-gym unlearn``: run one λ-policy's episode on SISS-v0 and evaluate the model before and after."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from ._common import _evaluation_kwargs, _resolve_classifier_dir, _resolve_device, _set_threads
+from ._common import _resolve_device, _set_threads
 
 __all__ = ["cmd_unlearn"]
 
 
-def _parse_policy(spec: str) -> float:
-    kind, _, value = spec.partition(":")
-    if kind != "static":
-        raise SystemExit(f"error: --policy: expected 'static:LAMBDA' (e.g. static:0.5), got {spec!r}")
+def _policy(spec: str):
+    """The policy of ``--policy`` (any spec of ``bench --policies``: static:L, linear:A:B, vi-adaptive, ppo, ...)."""
+    from ..policy_specs import policy_from_spec
+
     try:
-        lam = float(value)
-    except ValueError:
-        raise SystemExit(f"error: --policy static:LAMBDA needs a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= lam <= 1.0:
-        raise SystemExit(f"error: --policy static:LAMBDA needs LAMBDA in [0, 1], got {lam}")
-    return lam
+        return policy_from_spec(spec)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: --policy: {e}") from None
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    """Run the static λ on SISS-v0 for --steps updates, evaluate the model before and after, save it in OUT/model."""
-    import gymnasium as gym
+    """One episode of --policy on SISS-v0 for --steps updates (the bench's episode runner), the model evaluated
+    before (the pretrained reference, cached per checkpoint) and after by sampling; the unlearned model saved in OUT/model."""
     from tqdm.auto import tqdm
 
     from ..assets import bundled_model_dir
-    from ..envs.conventions import action_from_lam
-    from ..metrics.classifier import load_classifier
-    from ..metrics.forget import evaluate_model
+    from ..bench import BenchConfig, EpisodeRunner
     from ..models.checkpoint import CheckpointError, load_model_config, save_model, write_json_atomic
 
-    lam = _parse_policy(args.policy)
+    if args.samples < 1:
+        raise SystemExit(f"error: --samples must be >= 1, got {args.samples}")
+    policy = _policy(args.policy)
     _set_threads(args.threads)
     device = _resolve_device(args.device)
     checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_model_dir()
+    config = BenchConfig(
+        env_kwargs=dict(
+            checkpoint=str(checkpoint), horizon=args.steps, batch_size=args.batch_size, lr=args.lr, device=device
+        ),
+        seeds=(args.seed,),
+        samples_per_label=args.samples,
+        contaminated_label_samples=None,
+        ddim_steps=args.ddim_steps,
+        eval_seed=args.eval_seed,
+        classifier=args.classifier,
+    )
     try:
-        config = load_model_config(checkpoint)
-        classifier = load_classifier(_resolve_classifier_dir(checkpoint, config, args.classifier), device)
-    except CheckpointError as e:
+        model_config = load_model_config(checkpoint)
+        runner = EpisodeRunner({args.policy: policy}, config)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    env = gym.make(
-        "unlearn_gym/SISS-v0",
-        checkpoint=str(checkpoint),
-        horizon=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=device,
-    )
-    env.reset(seed=args.seed)
-    unet = env.unwrapped.unlearned_model()  # read-only here: evaluation of the env's model
-    eval_kw = _evaluation_kwargs(config, args, seed=args.eval_seed)
+    for warning in runner.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     t0 = time.perf_counter()
-    before = evaluate_model(unet, classifier, **eval_kw)
+    runner.env.reset(seed=args.seed)
+    before = runner.evaluate_pretrained()
     t1 = time.perf_counter()
-    action = action_from_lam([lam])
-    episode_return, lams, diverged = 0.0, [], False
-    for _ in tqdm(range(args.steps), desc=f"unlearn static:{lam}", disable=args.no_progress, dynamic_ncols=True):
-        _, reward, terminated, truncated, info = env.step(action)
-        episode_return += reward
-        lams.append(info["lam"])
-        if terminated:
-            diverged = True
-            break
-    t2 = time.perf_counter()
-    after = evaluate_model(unet, classifier, **eval_kw)
-    t3 = time.perf_counter()
+    bar = tqdm(total=args.steps, desc=f"unlearn {args.policy}", disable=args.no_progress, dynamic_ncols=True)
+    last = {}
+
+    def on_step(t: int, info: dict) -> None:
+        last["info"] = info
+        bar.update(1)
+
+    record, after, _ = runner.episode(args.policy, args.seed, None, on_step=on_step)
+    bar.close()
     out = Path(args.out)
-    model_dir = save_model(
-        unet, out / "model", {**config, "unlearn": {"policy": args.policy, "steps": len(lams), "seed": args.seed}}
-    )
+    unlearn_info = {"policy": args.policy, "steps": record["length"], "seed": args.seed}
+    model_dir = save_model(runner.base.unlearned_model(), out / "model", {**model_config, "unlearn": unlearn_info})
+    runner.close()
     result = {
         "policy": args.policy,
-        "steps": len(lams),
-        "diverged": diverged,
-        "return": episode_return,
-        "final_info": {k: v for k, v in info.items() if isinstance(v, (int, float, bool))},
+        "steps": record["length"],
+        "diverged": record["diverged"],
+        "return": record["return"],
+        "mean_lambda": record["mean_lambda"],
+        "final_info": {k: v for k, v in last.get("info", {}).items() if isinstance(v, (int, float, bool))},
         "before": before.figures,
         "after": after.figures,
         "seconds": {
             "evaluate_before": round(t1 - t0, 2),
-            "unlearn": round(t2 - t1, 2),
-            "evaluate_after": round(t3 - t2, 2),
+            "unlearn": record["seconds_unlearn"],
+            "evaluate_after": record["seconds_evaluate"],
         },
         "model": str(model_dir),
         "device": device,
@@ -96,9 +95,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         b, a = before.figures, after.figures
-        print(
-            f"policy {args.policy}, {len(lams)} SISS steps{' (diverged)' if diverged else ''}, return {episode_return:.4f}"
-        )
+        diverged = " (diverged)" if record["diverged"] else ""
+        print(f"policy {args.policy}, {record['length']} SISS steps{diverged}, return {record['return']:.4f}")
         print("                  before   after")
         print(f"forget_rate       {b['forget_rate']:.3f}   {a['forget_rate']:.3f}")
         print(f"retain_accuracy   {b['retain_accuracy']:.3f}   {a['retain_accuracy']:.3f}")
