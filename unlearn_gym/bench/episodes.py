@@ -214,7 +214,6 @@ class EpisodeRunner:
         instance: int | None,
         *,
         on_step: Callable[[int, dict], None] | None = None,
-        evaluate: bool = True,
     ) -> EpisodeOutcome:
         """One episode of policy ``name`` from ``reset(seed, instance)``.
 
@@ -224,7 +223,6 @@ class EpisodeRunner:
 
         Args:
             on_step: called after every step as ``on_step(t, info)`` (t = 1, 2, …), e.g. a progress bar.
-            evaluate: evaluate the unlearned model at the end (where the runner has an evaluation).
 
         Returns:
             (record, evaluation or None, :class:`~unlearn_gym.bench.recording.EpisodeSteps` when
@@ -267,7 +265,7 @@ class EpisodeRunner:
             record["forget_curve"] = curve
             record["seconds_curve"] = round(curve_seconds + time.perf_counter() - t1, 3)
         ev = None
-        if evaluate and self.evaluate is not None:
+        if self.evaluate is not None:
             t2 = time.perf_counter()
             ev = self.evaluate()
             add_evaluation(record, ev, round(time.perf_counter() - t2, 3))
