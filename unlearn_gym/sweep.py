@@ -2,8 +2,8 @@
 
 Each trial calls :func:`~unlearn_gym.agents.train_agent`, the function behind ``unlearn-gym
 train``, with the trial's algorithm, seed and hyperparameter overrides, then runs the exported
-agent deterministically for ``eval_episodes`` episodes (seeds 0..N-1, the bench's seeds) through
-the bench's :class:`~unlearn_gym.bench.episodes.EpisodeRunner` and reports their mean return to Tune. Trials
+agent deterministically for ``eval_episodes`` episodes (the first N seeds of the validation split,
+:mod:`unlearn_gym.splits`) through the bench's :class:`~unlearn_gym.bench.episodes.EpisodeRunner` and reports their mean return to Tune. Trials
 run as Tune trials with ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs each; the table
 (``sweep.csv``, ``sweep.md``) has one row per trial in grid order.
 
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .splits import SPLITS
+
 __all__ = ["SweepConfig", "parse_grid", "run_sweep", "run_trial", "sweep_trials", "write_sweep_table"]
 
 
@@ -46,7 +48,7 @@ class SweepConfig:
     timesteps: int = 2048
     """Env steps of each trial's training."""
     eval_episodes: int = 3
-    """Deterministic episodes of each trained agent (seeds 0..N-1) whose mean return is the trial's score."""
+    """Deterministic episodes of each trained agent (the validation split's first N seeds) whose mean return is the trial's score."""
     device: str = "cpu"
     """The agents' networks' device (the diffusion model's is the env's ``device`` keyword)."""
     cpus_per_trial: float = 1.0
@@ -154,7 +156,7 @@ def run_trial(trial: Mapping[str, Any], config: SweepConfig, out: str | Path) ->
     bench = BenchConfig(
         env_id=config.env_id,
         env_kwargs=dict(agent.env_kwargs),  # what it was trained on: the YAML's env_kwargs and the config's
-        seeds=tuple(range(config.eval_episodes)),
+        seeds=SPLITS["validation"].first_seeds(config.eval_episodes),  # tuned on validation, not train or test
         samples_per_label=0,
     )
     runner = EpisodeRunner({"agent": agent}, bench)
@@ -251,7 +253,7 @@ def write_sweep_table(rows: list[dict], config: SweepConfig, out: str | Path, co
         lines += ["```", command, "```", ""]
     lines += [
         f"{config.env_id} {config.env_kwargs}; {config.timesteps} env steps per trial; return: mean (± std) of "
-        f"{config.eval_episodes} deterministic episodes of the trained agent (seeds 0..{config.eval_episodes - 1}).",
+        f"{config.eval_episodes} deterministic episodes of the trained agent (the first seeds of the validation split).",
         "",
         "| algo | seed | " + "".join(f"{k} | " for k in hp_keys) + "return | timesteps | seconds | status |",
         "|---|---|" + "---|" * len(hp_keys) + "---|---|---|---|",

@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..models.checkpoint import write_json_atomic
+from ..splits import check_training_seeds
 from .hyperparams import ALGO_NAMES, activation_class, load_hyperparams
 from .policy import SB3_ALGOS, export_agent
 
@@ -217,10 +218,11 @@ def train_agent(
         raise ValueError(f"algo must be one of {ALGO_NAMES}, got {algo!r}")
     if total_timesteps < 1:
         raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     hp = load_hyperparams(algo, env_id, hyperparams_file, overrides)
     env_kwargs = {**hp.pop("env_kwargs", {}), **(env_kwargs or {})}
+    check_training_seeds(seed, num_envs or int(hp.get("n_envs", 1)))  # the train split only
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if algo == "mcpg":
         timesteps = _train_mcpg(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..splits import split_of_seed
 from .config import BenchConfig, Unit
 from .curve import check_curve_steps
 from .record import EpisodeOutcome, add_evaluation, episode_record
@@ -205,6 +206,12 @@ class EpisodeRunner:
                     out.append(f"{name} was trained with other env settings (trained, benched): {differ}")
             if getattr(policy, "env_id", self.config.env_id) != self.config.env_id:
                 out.append(f"{name} was trained on {policy.env_id}, benched on {self.config.env_id}")
+            seen = [s for s in self.config.seeds if trained_on is not None and split_of_seed(s) == "train"]
+            if seen:
+                out.append(
+                    f"{name} is benched on train-split seeds ({len(seen)} of {len(self.config.seeds)}), the episodes "
+                    "agents train on (an agent trained with seed s began on reset seed s); --split test holds them out"
+                )
         return out
 
     def episode(

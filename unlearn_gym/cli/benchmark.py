@@ -52,9 +52,11 @@ def _bench_policies(text: str) -> dict:
 def _bench_config(args: argparse.Namespace, env_kwargs: dict):
     """The :class:`~unlearn_gym.bench.BenchConfig` of the options."""
     from ..bench import BENCH_SEEDS, BenchConfig
+    from ..splits import SPLITS
 
-    seeds = tuple(range(args.seeds or BENCH_SEEDS)) if args.seed_list is None else tuple(args.seed_list)
-    instances = (None,) if not args.instances else tuple(range(args.instances))
+    split = SPLITS[args.split]
+    seeds = split.first_seeds(args.seeds or BENCH_SEEDS) if args.seed_list is None else tuple(args.seed_list)
+    instances = (None,) if not args.instances else split.first_instances(args.instances)
     return BenchConfig(
         env_id=args.env,
         env_kwargs=env_kwargs,

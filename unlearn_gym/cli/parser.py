@@ -291,8 +291,22 @@ def _add_bench_episode_args(p: argparse.ArgumentParser) -> None:
         help="with --num-envs: how the batched engine maps over the runs (auto: vmap on CUDA, loop on the CPU; "
         "graph: the vmapped update as one CUDA graph, CUDA only)",
     )
-    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
-    p.add_argument("--instances", type=int, default=0, help="forget-subset instances 0..N-1 (0: the whole forget set)")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "validation", "test"],
+        help="whose seeds and instances: the first --seeds seeds (and --instances instances) of this split "
+        "(unlearn_gym.splits; train: seeds 0..N-1, on which agents train; test: held out from training and tuning)",
+    )
+    p.add_argument(
+        "--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds and --split)"
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=0,
+        help="forget-subset instances: the split's first N (0: the whole forget set)",
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
