@@ -1,12 +1,15 @@
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
 
-from unlearn_gym.engines import STAT_NAMES, UnlearningEngine
+from unlearn_gym.engines import STAT_NAMES, HostStats, HybridEngine, UnlearningEngine
+from unlearn_gym.engines.run_axis import StatsLayout, result_statistics
 from unlearn_gym.models import load_model
-from unlearn_gym.objectives.siss import EstimatorVariances, SISSConfig
+from unlearn_gym.objectives.common import global_norm
+from unlearn_gym.objectives.hybrid import HybridConfig, hybrid_objective
+from unlearn_gym.objectives.siss import OBJECTIVES, EstimatorVariances, ObjectiveResult, SISSConfig, draw_batch
 
 
 @pytest.fixture
@@ -31,9 +34,8 @@ def test_update_changes_the_model_and_reports_every_statistic(engine):
     assert 0.0 <= stats.forget_share <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, engine.model().parameters()))
     assert engine.step_count.tolist() == [1]
-    # the objective's variance statistics arrive in order, renamed x → r (retain), a → f (forget)
-    names = [f.name.replace("_x", "_r").replace("_a", "_f") for f in fields(EstimatorVariances)]
-    assert list(STAT_NAMES[-len(names) :]) == names
+    # the objective's variance statistics arrive under their own names (r = retain, f = forget)
+    assert {f.name for f in fields(EstimatorVariances)} <= set(STAT_NAMES)
     assert stats.var_loss_r > 0 and stats.var_loss_f > 0 and stats.var_loss > 0
     assert 0 < stats.rel_var_loss_r <= 1 and 0 < stats.rel_var_loss_f <= 1
 
@@ -63,6 +65,110 @@ def test_an_update_without_the_probe_skips_only_the_probe(tiny_checkpoint, defau
     for i in range(2):
         for p, q in zip(engines[0].model(i).parameters(), engines[1].model(i).parameters()):
             assert torch.equal(p, q)
+
+
+def _result_values(res) -> dict[str, float]:
+    """name → value of every statistic of an objective's result (its tensor fields and its variances')."""
+    values = {f.name: getattr(res, f.name) for f in fields(res) if isinstance(getattr(res, f.name), torch.Tensor)}
+    if hasattr(res, "variances"):
+        values |= {f.name: getattr(res.variances, f.name) for f in fields(res.variances)}
+    return {name: float(v) for name, v in values.items()}
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+@pytest.mark.parametrize("objective", ["siss", "naive-deletion", "hybrid"])
+def test_the_statistics_row_is_the_objectives_result_by_name(tiny_checkpoint, default_scenario, objective, executor):
+    """One update's StepStats (HybridStepStats) against the objective called directly on the same
+    batch and weights: every statistic the result provides arrives under its name, ``update_norm`` is
+    ‖g‖ of its direction; nothing else is in the row but the probe."""
+    unet, _ = load_model(tiny_checkpoint)
+    scen, lam, scale = default_scenario, 0.3, 0.7
+    if objective == "hybrid":
+        hybrid = HybridConfig(siss=SISSConfig(batch_size=4))
+        eng = HybridEngine(
+            unet, scen.retain, scen.forget, hybrid=hybrid, target_classes=(0, 2, 3), probe_size=2, executor=executor
+        )
+    else:
+        cfg = SISSConfig(objective=objective, batch_size=4)
+        eng = UnlearningEngine(unet, scen.retain, scen.forget, cfg, probe_size=2, executor=executor)
+    eng.seed(5)
+    params = {name: p.detach().clone().requires_grad_() for name, p in eng.model().named_parameters()}
+    rng = eng.generators[0].get_state()
+    stats = eng.update(lam, forget_scale=scale)[0]
+    # the same batch, from the generator's state before the update, and the weights before the step
+    g = torch.Generator()
+    g.set_state(rng)
+    forget_images, forget_labels = eng.forget_set()
+    batch = draw_batch(eng.retain_images, eng.retain_labels, forget_images, forget_labels, 4, eng.num_timesteps, g)
+    lam_t, scale_t = (torch.tensor(v, dtype=torch.float64) for v in (lam, scale))
+    k = len(forget_images)
+    if objective == "hybrid":
+        target = (eng.target_classes, eng.target_weights)
+        res = hybrid_objective(
+            unet, params, eng.teacher_params, batch, lam_t, eng.gamma, eng.sigma, hybrid, target, scale_t,
+            eng.dataset_size, k,
+        )  # fmt: skip
+    else:
+        res = OBJECTIVES[objective](unet, params, batch, lam_t, eng.gamma, eng.sigma, cfg, scale_t, eng.dataset_size, k)
+    expected = {**_result_values(res), "update_norm": float(global_norm(res.grads))}
+    row = stats.as_dict()
+    assert set(row) == {*expected, "probe_r", "probe_f"}
+    for name, value in expected.items():
+        assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+        if executor == "loop":  # the same operations: the same numbers
+            assert row[name] == value, name
+
+
+def test_a_statistic_the_objective_does_not_provide_fails_at_construction(tiny_checkpoint, default_scenario):
+    @dataclass(frozen=True)
+    class OldNames(HostStats):
+        loss_r: float
+        loss_x: float  # the objective's name before issue 23: nobody provides it
+        probe_r: float
+
+    class OldNamesEngine(UnlearningEngine):
+        stats_class = OldNames
+
+    unet, _ = load_model(tiny_checkpoint)
+    with pytest.raises(TypeError, match=r"OldNames has statistics that nobody provides: \['loss_x'\].*ObjectiveResult"):
+        OldNamesEngine(unet, default_scenario.retain, default_scenario.forget)
+
+
+def test_the_layout_reads_by_name_not_by_position():
+    @dataclass(frozen=True)
+    class Inner:
+        b: torch.Tensor
+
+    @dataclass(frozen=True)
+    class Result:  # declared in another order than the row
+        grads: tuple[torch.Tensor, ...]
+        c: torch.Tensor
+        inner: Inner
+        unused: torch.Tensor
+
+    @dataclass(frozen=True)
+    class Row(HostStats):
+        a: float
+        b: float
+        c: float
+
+    assert result_statistics(Result) == {"c": ("c",), "b": ("inner", "b"), "unused": ("unused",)}
+    layout = StatsLayout.build(Row, Result, ("a",))
+    res = Result((), torch.tensor(3.0), Inner(torch.tensor(2.0)), torch.tensor(9.0))
+    row = layout.row({**layout.from_result(res), "a": torch.tensor(1.0)})
+    assert row.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(TypeError, match=r"statistics \['c'\] come both from the objective's result"):
+        StatsLayout.build(Row, Result, ("a", "c"))
+
+    @dataclass(frozen=True)
+    class Twice:
+        c: torch.Tensor
+        inner: Inner
+        more: Inner
+
+    with pytest.raises(TypeError, match="Twice declares the statistic 'b' twice, at inner.b and more.b"):
+        result_statistics(Twice)
+    assert set(result_statistics(ObjectiveResult)) | {"update_norm", "probe_r", "probe_f"} == set(STAT_NAMES)
 
 
 def test_restore_is_in_place_and_complete(engine):

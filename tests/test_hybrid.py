@@ -45,7 +45,7 @@ def test_hybrid_direction_is_the_weighted_sum_of_siss_and_the_alignment(lam):
     torch.testing.assert_close(res.loss_align, align.detach(), rtol=1e-10, atol=1e-12)
     for g, gs, ga in zip(res.grads, siss.grads, g_align):
         torch.testing.assert_close(g, 2 * (1 - lam) * gs + 2 * lam * 0.7 * ga, rtol=1e-8, atol=1e-10)
-    loss_siss = siss.loss_x - 5.0 / siss.grad_a_norm * siss.loss_a
+    loss_siss = siss.loss_r - 5.0 / siss.grad_f_norm * siss.loss_f
     torch.testing.assert_close(res.dloss_dlam, 2 * (0.7 * align.detach() - loss_siss), rtol=1e-8, atol=1e-10)
 
 

@@ -105,13 +105,13 @@ def test_siss_losses_and_gradients_match_a_float64_reference(lam):
     cfg = SISSConfig(scale=5.0)
     res = siss_objective(unet, params, batch, lam, gamma, sigma, cfg)
     ref_x, ref_a = _reference_losses(unet, batch, lam, gamma, sigma)
-    torch.testing.assert_close(res.loss_x, ref_x.detach(), rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(res.loss_a, ref_a.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.loss_r, ref_x.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.loss_f, ref_a.detach(), rtol=1e-9, atol=1e-9)
     g_x = torch.autograd.grad(ref_x, list(params.values()), retain_graph=True)
     g_a = torch.autograd.grad(ref_a, list(params.values()))
     n_x, n_a = global_norm(g_x), global_norm(g_a)
-    torch.testing.assert_close(res.grad_x_norm, n_x, rtol=1e-9, atol=0)
-    torch.testing.assert_close(res.grad_a_norm, n_a, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.grad_r_norm, n_x, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.grad_f_norm, n_a, rtol=1e-9, atol=0)
     # "norm" surgery: g = g_x − (S/‖g_a‖)·g_a
     for g, gx, ga in zip(res.grads, g_x, g_a):
         torch.testing.assert_close(g, gx - 5.0 / n_a * ga, rtol=1e-8, atol=1e-10)
@@ -145,7 +145,7 @@ def test_superfactor_surgery_is_the_papers_loss():
 def test_siss_has_no_nan_at_the_ends(lam):
     unet, batch, gamma, sigma = _setup(dtype=torch.float32)
     res = siss_objective(unet, dict(unet.named_parameters()), batch, lam, gamma, sigma, SISSConfig())
-    for v in (res.loss_x, res.loss_a, res.grad_x_norm, res.grad_a_norm, res.dloss_x_dlam, res.dloss_a_dlam):
+    for v in (res.loss_r, res.loss_f, res.grad_r_norm, res.grad_f_norm, res.dloss_r_dlam, res.dloss_f_dlam):
         assert torch.isfinite(v), v
     assert all(torch.isfinite(g).all() for g in res.grads)
     assert res.forget_share.item() == lam
@@ -162,12 +162,12 @@ def test_dloss_dlam_matches_finite_differences():
     res = siss_objective(unet, params, batch, lam, gamma, sigma, SISSConfig())
     up = siss_objective(unet, params, batch, lam + h, gamma, sigma, SISSConfig())
     down = siss_objective(unet, params, batch, lam - h, gamma, sigma, SISSConfig())
-    fd_x = (up.loss_x - down.loss_x) / (2 * h)
-    fd_a = (up.loss_a - down.loss_a) / (2 * h)
-    torch.testing.assert_close(res.dloss_x_dlam, fd_x, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(res.dloss_a_dlam, fd_a, rtol=1e-5, atol=1e-6)
+    fd_x = (up.loss_r - down.loss_r) / (2 * h)
+    fd_a = (up.loss_f - down.loss_f) / (2 * h)
+    torch.testing.assert_close(res.dloss_r_dlam, fd_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.dloss_f_dlam, fd_a, rtol=1e-5, atol=1e-6)
     # ∂L/∂λ of the combined "norm" loss L = ℓ_x − (S/‖g_a‖)·ℓ_a, the coefficient held at λ
-    torch.testing.assert_close(res.dloss_dlam, fd_x - 5.0 / res.grad_a_norm * fd_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.dloss_dlam, fd_x - 5.0 / res.grad_f_norm * fd_a, rtol=1e-5, atol=1e-6)
     n, k = 100, 10
     sf = SISSConfig(surgery="superfactor", superfactor=0.5)
     res = siss_objective(unet, params, batch, lam, gamma, sigma, sf, 2.0, n, k)
@@ -184,7 +184,7 @@ def test_every_objective_returns_finite_gradients_of_every_parameter(name):
     res = OBJECTIVES[name](unet, params, batch, 0.5, gamma, sigma, SISSConfig(objective=name), 1.0, 100, 10)
     assert len(res.grads) == len(params)
     assert all(g.shape == p.shape and torch.isfinite(g).all() for g, p in zip(res.grads, params.values()))
-    assert res.loss_x > 0 and res.loss_a > 0
+    assert res.loss_r > 0 and res.loss_f > 0
 
 
 def test_baselines_combine_gradients_as_the_reference_does():
@@ -269,18 +269,18 @@ def test_variances_match_a_per_sample_float64_reference(lam):
     v = c_x * v_x - c_a * v_a
     close = dict(rtol=1e-9, atol=1e-12)  # measured: within 7e-14 relative
     # Var̂(ℓ) = torch.var(terms)/B, the variance of a mean of B terms
-    torch.testing.assert_close(var.var_loss_x, torch.var(v_x) / B, **close)
-    torch.testing.assert_close(var.var_loss_a, torch.var(v_a) / B, **close)
+    torch.testing.assert_close(var.var_loss_r, torch.var(v_x) / B, **close)
+    torch.testing.assert_close(var.var_loss_f, torch.var(v_a) / B, **close)
     torch.testing.assert_close(var.var_loss, torch.var(v) / B, **close)
-    torch.testing.assert_close(var.rel_var_loss_x, torch.var(v_x) / B / v_x.mean() ** 2, **close)
-    torch.testing.assert_close(var.rel_var_loss_a, torch.var(v_a) / B / v_a.mean() ** 2, **close)
+    torch.testing.assert_close(var.rel_var_loss_r, torch.var(v_x) / B / v_x.mean() ** 2, **close)
+    torch.testing.assert_close(var.rel_var_loss_f, torch.var(v_a) / B / v_a.mean() ** 2, **close)
     # resampled: mean_i ρ_i·v_i²/B, and relative to ℓ²
-    torch.testing.assert_close(var.dvar_loss_x_dlam_resampled, (rho * v_x**2).mean() / B, **close)
-    torch.testing.assert_close(var.dvar_loss_a_dlam_resampled, (rho * v_a**2).mean() / B, **close)
+    torch.testing.assert_close(var.dvar_loss_r_dlam_resampled, (rho * v_x**2).mean() / B, **close)
+    torch.testing.assert_close(var.dvar_loss_f_dlam_resampled, (rho * v_a**2).mean() / B, **close)
     torch.testing.assert_close(var.dvar_loss_dlam_resampled, (rho * v**2).mean() / B, **close)
-    torch.testing.assert_close(var.drel_var_loss_x_dlam_resampled, (rho * v_x**2).mean() / B / v_x.mean() ** 2, **close)
-    torch.testing.assert_close(var.drel_var_loss_a_dlam_resampled, (rho * v_a**2).mean() / B / v_a.mean() ** 2, **close)
-    assert 0 < var.rel_var_loss_x <= 1 and 0 < var.rel_var_loss_a <= 1
+    torch.testing.assert_close(var.drel_var_loss_r_dlam_resampled, (rho * v_x**2).mean() / B / v_x.mean() ** 2, **close)
+    torch.testing.assert_close(var.drel_var_loss_f_dlam_resampled, (rho * v_a**2).mean() / B / v_a.mean() ** 2, **close)
+    assert 0 < var.rel_var_loss_r <= 1 and 0 < var.rel_var_loss_f <= 1
 
 
 @pytest.mark.parametrize("lam", VAR_LAMS)
@@ -294,12 +294,12 @@ def test_variance_derivatives_match_central_differences(lam):
     res, up, down = (
         siss_objective(unet, params, batch, lam + d, gamma, sigma, cfg, 2.0, 100, 10).variances for d in (0.0, h, -h)
     )
-    for name in ("var_loss_x", "var_loss_a", "var_loss", "rel_var_loss_x", "rel_var_loss_a"):
+    for name in ("var_loss_r", "var_loss_f", "var_loss", "rel_var_loss_r", "rel_var_loss_f"):
         fd = (getattr(up, name) - getattr(down, name)) / (2 * h)  # measured: within 8e-8 relative
         torch.testing.assert_close(getattr(res, f"d{name}_dlam"), fd, rtol=1e-6, atol=0.0)
     # "norm" surgery: c_a = S/‖g_a‖ changes with λ; with it held at λ's value, the same holds
     res = siss_objective(unet, params, batch, lam, gamma, sigma, SISSConfig())
-    c_a = 5.0 / res.grad_a_norm
+    c_a = 5.0 / res.grad_f_norm
     v_x, v_a, _ = _reference_terms(unet, batch, lam, gamma, sigma)
     v_up = [t for t in _reference_terms(unet, batch, lam + h, gamma, sigma)[:2]]
     v_dn = [t for t in _reference_terms(unet, batch, lam - h, gamma, sigma)[:2]]
@@ -313,7 +313,7 @@ def test_variances_have_no_nan_at_the_ends(lam):
     var = siss_objective(unet, dict(unet.named_parameters()), batch, lam, gamma, sigma, SISSConfig()).variances
     for f in fields(var):
         assert torch.isfinite(getattr(var, f.name)), f.name
-    assert 0 <= var.rel_var_loss_x <= 1 and 0 <= var.rel_var_loss_a <= 1
+    assert 0 <= var.rel_var_loss_r <= 1 and 0 <= var.rel_var_loss_f <= 1
 
 
 def test_relative_variance_survives_underflowing_weights_and_degenerate_batches():
@@ -324,16 +324,17 @@ def test_relative_variance_survives_underflowing_weights_and_degenerate_batches(
     var = estimator_variances(log_w_x, log_w_a, err, err)
     v = (log_w_a.double() + err.double().log()).exp()
     ref = torch.var(v) / 4 / v.mean() ** 2
-    assert var.var_loss_a == 0.0  # the absolute variance underflows, as the weights do
-    torch.testing.assert_close(var.rel_var_loss_a.double(), ref, rtol=1e-5, atol=0.0)
+    assert var.var_loss_f == 0.0  # the absolute variance underflows, as the weights do
+    torch.testing.assert_close(var.rel_var_loss_f.double(), ref, rtol=1e-5, atol=0.0)
     # one pair (B = 1): no spread to measure, so 0, not NaN; every term 0: 0
     one = estimator_variances(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))
     zero = estimator_variances(log_w_x, log_w_a, torch.zeros(4), torch.zeros(4))
     for var in (one, zero):
         for f in fields(var):
             assert torch.isfinite(getattr(var, f.name)), f.name
-    assert one.var_loss_x == 0.0 and one.rel_var_loss_x == 0.0 and zero.rel_var_loss_a == 0.0
-    assert all(t == 0 for t in EstimatorVariances.zeros(err).tensors())
+    assert one.var_loss_r == 0.0 and one.rel_var_loss_r == 0.0 and zero.rel_var_loss_f == 0.0
+    nothing = EstimatorVariances.zeros(err)
+    assert all(getattr(nothing, f.name) == 0 for f in fields(nothing))
 
 
 class _Affine(torch.nn.Module):
@@ -368,9 +369,9 @@ def test_resampled_derivatives_are_the_derivative_of_the_redrawn_variance():
         a, m, b = (getattr(r, name).item() for r in res)
         return (a + 4 * m + b) / 6
 
-    for name in ("var_loss_x", "var_loss_a", "var_loss", "rel_var_loss_x", "rel_var_loss_a"):
+    for name in ("var_loss_r", "var_loss_f", "var_loss", "rel_var_loss_r", "rel_var_loss_f"):
         change = (getattr(res[2], name) - getattr(res[0], name)).item() / 0.1
         assert simpson(f"d{name}_dlam_resampled") == pytest.approx(change, rel=0.05), name  # measured ≤ 2.2%
-    for name in ("var_loss_x", "var_loss_a", "var_loss"):  # the fixed-sample derivative: 38–84% off here
+    for name in ("var_loss_r", "var_loss_f", "var_loss"):  # the fixed-sample derivative: 38–84% off here
         change = (getattr(res[2], name) - getattr(res[0], name)).item() / 0.1
         assert abs(simpson(f"d{name}_dlam") / change - 1) > 0.3, name

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..objectives.hybrid import HybridConfig, HybridResult, hybrid_objective
 from ..objectives.siss import SISSBatch
 from .run_axis import HostStats
 from .siss import UnlearningEngine
@@ -18,9 +19,9 @@ class HybridStepStats(HostStats):
     """Statistics of one hybrid update, as host floats (one documented field per statistic)."""
 
     loss_r: float
-    """SISS's ℓ_x."""
+    """SISS's ℓ_x, the retain loss estimate."""
     loss_f: float
-    """SISS's ℓ_a."""
+    """SISS's ℓ_a, the forget loss estimate."""
     loss_align: float
     """ℓ_align: the forget label's score against the teacher's retain-class mixture."""
     grad_siss_norm: float
@@ -55,10 +56,9 @@ class HybridEngine(UnlearningEngine):
     """
 
     stats_class = HybridStepStats
+    result_class = HybridResult
 
     def __init__(self, unet, retain, forget, hybrid=None, target_classes=(), **kwargs):
-        from ..objectives.hybrid import HybridConfig
-
         self.hybrid = hybrid if hybrid is not None else HybridConfig()
         super().__init__(unet, retain, forget, self.hybrid.siss, **kwargs)
         if not target_classes:
@@ -70,24 +70,7 @@ class HybridEngine(UnlearningEngine):
         """π over ``target_classes``: uniform (a fixed buffer, which a captured update reads by address)."""
 
     def _objective(self, params: dict, batch: SISSBatch, lam, forget_scale, forget_size):
-        from ..objectives.hybrid import hybrid_objective
-
         return hybrid_objective(
             self._module, params, self.teacher_params, batch, lam, self.gamma, self.sigma, self.hybrid,
             (self.target_classes, self.target_weights), forget_scale, self.dataset_size, forget_size,
         )  # fmt: skip
-
-    @staticmethod
-    def _head(res, update_norm: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [
-                res.loss_x,
-                res.loss_a,
-                res.loss_align,
-                res.grad_siss_norm,
-                res.grad_align_norm,
-                res.forget_share,
-                res.dloss_dlam,
-                update_norm.to(res.loss_x.dtype),
-            ]
-        )

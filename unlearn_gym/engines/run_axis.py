@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,6 +29,7 @@ __all__ = [
     "HostStats",
     "RunEngine",
     "RunStats",
+    "StatsLayout",
     "adamw_",
     "math_attention",
     "resolve_executor",
@@ -63,6 +66,99 @@ class HostStats:
             names = tuple(f.name for f in fields(cls))
             cls._field_names = names  # a class attribute (not a field), computed once per class
         return names
+
+
+def result_statistics(result_class: type) -> dict[str, tuple[str, ...]]:
+    """name → attribute path of every statistic an objective's result class declares.
+
+    The statistics are the dataclass's fields annotated ``torch.Tensor`` (path ``(name,)``) and those of
+    its dataclass-typed fields, under their own names (``ObjectiveResult.variances.var_loss_r`` is
+    ``var_loss_r`` at ``("variances", "var_loss_r")``); other fields (the update direction ``grads``)
+    are not statistics.
+
+    Raises:
+        TypeError: ``result_class`` is not a dataclass, or declares one name twice.
+    """
+    if not (isinstance(result_class, type) and is_dataclass(result_class)):
+        raise TypeError(f"an objective's result class must be a dataclass, got {result_class!r}")
+    paths: dict[str, tuple[str, ...]] = {}
+
+    def collect(cls: type, prefix: tuple[str, ...]) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            hint, path = hints[f.name], (*prefix, f.name)
+            if isinstance(hint, type) and is_dataclass(hint):
+                collect(hint, path)
+            elif hint is torch.Tensor:
+                if f.name in paths:
+                    raise TypeError(
+                        f"{result_class.__name__} declares the statistic {f.name!r} twice, at "
+                        f"{'.'.join(paths[f.name])} and {'.'.join(path)}; expected each name once"
+                    )
+                paths[f.name] = path
+
+    collect(result_class, ())
+    return paths
+
+
+@dataclass(frozen=True)
+class StatsLayout:
+    """Where each statistic of an engine's row comes from, resolved by name when the engine is made.
+
+    Every field of the engine's ``stats_class`` is read by its name either from the objective's
+    result (:func:`result_statistics`) or from the engine itself (``engine_names``: e.g. the update's
+    norm and the probe's losses). :meth:`build` checks the names once, so a statistic nobody provides
+    (or two sources do) fails at construction instead of shifting columns; :meth:`from_result` and
+    :meth:`row` are attribute reads and one ``torch.stack``, which ``torch.func.vmap`` and CUDA graph
+    capture trace like any tensor op.
+    """
+
+    names: tuple[str, ...]
+    """The statistics in ``stats_class`` order: the columns of the engine's stats tensor."""
+    result_paths: dict[str, tuple[str, ...]]
+    """name → attribute path in the objective's result of the statistics read from it."""
+    engine_names: tuple[str, ...]
+    """The statistics the engine supplies itself."""
+
+    @classmethod
+    def build(cls, stats_class: type[HostStats], result_class: type, engine_names: tuple[str, ...]) -> StatsLayout:
+        """The layout of ``stats_class``'s row from ``result_class``'s statistics and ``engine_names``.
+
+        Raises:
+            TypeError: a field of ``stats_class`` that neither source provides, or a name both provide.
+        """
+        provided = result_statistics(result_class)
+        both = sorted(set(provided) & set(engine_names))
+        if both:
+            raise TypeError(
+                f"the statistics {both} come both from the objective's result ({result_class.__name__}) and "
+                f"from the engine; expected one source for each, got two"
+            )
+        names = stats_class.names()
+        missing = [n for n in names if n not in provided and n not in engine_names]
+        if missing:
+            raise TypeError(
+                f"{stats_class.__name__} has statistics that nobody provides: {missing}; expected each of its "
+                f"fields among the statistics of the objective's result ({result_class.__name__}: "
+                f"{', '.join(provided)}) or of the engine ({', '.join(engine_names)}), got {missing}"
+            )
+        result_paths = {n: provided[n] for n in names if n in provided}
+        return cls(names, result_paths, tuple(n for n in names if n in engine_names))
+
+    def from_result(self, result) -> dict[str, torch.Tensor]:
+        """name → the result's tensor (no copy) for every statistic read from the objective's result."""
+        out = {}
+        for name, path in self.result_paths.items():
+            value = result
+            for attr in path:
+                value = getattr(value, attr)
+            out[name] = value
+        return out
+
+    def row(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The (..., k) statistics tensor: ``values[name]`` (each (...)) stacked along a last axis in
+        ``names`` order, in the tensors' promoted dtype. ``values`` must hold every name."""
+        return torch.stack([values[name] for name in self.names], dim=-1)
 
 
 Executor = Literal["auto", "vmap", "loop", "graph"]

@@ -18,7 +18,7 @@ from ..data.scenarios import ImageSet
 from ..models.checkpoint import load_tensors, save_tensors_atomic
 from ..models.unet import noise_schedule
 from ..objectives.common import call, global_norm
-from ..objectives.siss import OBJECTIVES, SISSBatch, SISSConfig, draw_batch
+from ..objectives.siss import OBJECTIVES, ObjectiveResult, SISSBatch, SISSConfig, draw_batch
 from .run_axis import (
     GRAPH_WARMUP_STEPS,
     MAX_GRAPHS,
@@ -27,11 +27,12 @@ from .run_axis import (
     HostStats,
     RunEngine,
     RunStats,
+    StatsLayout,
     adamw_,
     math_attention,
 )
 
-__all__ = ["STAT_NAMES", "StepStats", "UnlearningEngine"]
+__all__ = ["PROBE_STATS", "STAT_NAMES", "StepStats", "UnlearningEngine"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class StepStats(HostStats):
 STAT_NAMES = StepStats.names()
 """The field names of :class:`StepStats`, in the order of the engine's stats tensor."""
 
+PROBE_STATS = ("probe_r", "probe_f")
+"""The names of the probe's two losses (retain, forget), in the order the probe computes them."""
+
 
 class UnlearningEngine(RunEngine):
     """N independent unlearning runs of one objective: stacked weights, AdamW moments, data streams, probes.
@@ -113,6 +117,10 @@ class UnlearningEngine(RunEngine):
     5. measure each run's fixed probe with its new weights (unless ``update(measure_probe=False)``:
        the probe statistics are then NaN);
     6. copy one (N, k) statistics tensor to the host.
+
+    Every statistic of the row is read by its name (:class:`~.run_axis.StatsLayout`): from the
+    objective's result (``result_class``), or the engine's own ``update_norm`` and probe losses
+    (:data:`PROBE_STATS`); a ``stats_class`` field that none of them provides fails at construction.
 
     Steps 2–3 and 5 are one per-run function, mapped over the runs by the executor: "loop" (a
     Python loop over the runs; the CPU default, faster there), "vmap" (``torch.func.vmap`` over
@@ -141,6 +149,8 @@ class UnlearningEngine(RunEngine):
 
     stats_class: type[HostStats] = StepStats
     """The statistics of one run's step, in the order of the engine's stats tensor."""
+    result_class: type = ObjectiveResult
+    """The type of :meth:`_objective`'s result, whose statistics the row reads by name."""
 
     def __init__(
         self,
@@ -161,6 +171,8 @@ class UnlearningEngine(RunEngine):
             )
         if probe_size < 0:
             raise ValueError(f"probe_size must be >= 0, got {probe_size}")
+        self._layout = StatsLayout.build(self.stats_class, self.result_class, ("update_norm", *PROBE_STATS))
+        """Where each statistic of the row comes from, by name."""
         N = self._init_runs(num_runs, executor, device)
         self.config = config
         self._module = unet.to(self.device).train().requires_grad_(False)
@@ -196,7 +208,6 @@ class UnlearningEngine(RunEngine):
             torch.zeros(shape, device=self.device, dtype=self.retain_images.dtype),
         )
         self._probe_valid = torch.zeros(N, dtype=torch.bool, device=self.device)
-        self._probe_index = [f.name for f in fields(self.stats_class)].index("probe_r")
         self._graphs: dict[tuple, CapturedUpdate] = {}
         """The graph executor's captured updates, keyed by the tensors they read (:meth:`_graph_inputs`)."""
 
@@ -270,32 +281,20 @@ class UnlearningEngine(RunEngine):
             forget_scale, self.dataset_size, forget_size,
         )  # fmt: skip
 
-    @staticmethod
-    def _head(res, update_norm: torch.Tensor) -> torch.Tensor:
-        """The run's statistics without the probe, in ``stats_class`` order."""
-        return torch.stack(
-            [
-                res.loss_x,
-                res.loss_a,
-                res.grad_x_norm,
-                res.grad_a_norm,
-                res.forget_share,
-                res.dloss_x_dlam,
-                res.dloss_a_dlam,
-                res.dloss_dlam,
-                update_norm.to(res.loss_x.dtype),
-                *res.variances.tensors(),  # EstimatorVariances' fields, in StepStats' order
-            ]
-        )
-
     def _run_step(self, params, batch_fields, lam, forget_scale, forget_size, clip: bool):
-        """One run: objective (steps 2) and per-run clipping (step 3). Returns (clipped g, statistics)."""
+        """One run: objective (step 2) and per-run clipping (step 3).
+
+        Returns:
+            (clipped g, or () without ``clip``; name → 0-d tensor of every statistic but the probe's:
+            the objective's result's, by name, and ``update_norm``).
+        """
         res = self._objective(params, SISSBatch(*batch_fields), lam, forget_scale, forget_size)
         norm = global_norm(res.grads)
+        stats = {**self._layout.from_result(res), "update_norm": norm}
         if not clip:
-            return (), self._head(res, norm)
+            return (), stats
         coef = torch.clamp(self.config.clip_norm / (norm + 1e-6), max=1.0)  # as clip_grad_norm_
-        return tuple(g * coef for g in res.grads), self._head(res, norm)
+        return tuple(g * coef for g in res.grads), stats
 
     def _probe_losses(self, params, x_t, t, y, eps, valid) -> torch.Tensor:
         """(2,) retain and forget denoising losses mean Σ(ε_θ(x_t) − ε)² on the run's fixed probe (NaN if none)."""
@@ -306,9 +305,10 @@ class UnlearningEngine(RunEngine):
             err = (out - eps).pow(2).flatten(1).sum(1).view(2, -1).mean(1)
         return torch.where(valid, err, float("nan"))
 
-    def _with_probe(self, head: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-        j = self._probe_index
-        return torch.cat([head[..., :j], probe, head[..., j:]], dim=-1)
+    def _row(self, stats: dict[str, torch.Tensor], probe: torch.Tensor) -> torch.Tensor:
+        """The (..., k) statistics tensor in ``stats_class`` order, every column by name: ``stats``
+        (:meth:`_run_step`'s, each (...)) and the (..., 2) probe losses as :data:`PROBE_STATS`."""
+        return self._layout.row({**stats, **dict(zip(PROBE_STATS, probe.unbind(-1), strict=True))})
 
     def _adamw_(self, run: int | None, grads) -> None:
         """Step 4: AdamW on run ``run``'s views, or on all stacks (None)."""
@@ -356,29 +356,30 @@ class UnlearningEngine(RunEngine):
         if executor == "loop":
             rows = []
             for i in idx:
-                grads, head = self._run_step(
+                grads, stats = self._run_step(
                     self._leaves[i], batches[i], lam[i], scale[i], len(self._forget[i][0]), clip=True
                 )
                 self._adamw_(i, grads)
                 if measure_probe:
                     probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
                 else:
-                    probe = self._unmeasured_probe(head)
-                rows.append(self._with_probe(head, probe))
+                    probe = self._unmeasured_probe(stats["update_norm"])
+                rows.append(self._row(stats, probe))
             return torch.stack(rows)
         with math_attention():
-            grads, head = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
+            grads, stats = self._vmap_step(self.params, batches, lam, scale, self._forget_size(idx), clip=True)
             self._adamw_(None, grads)
             if measure_probe:
                 probe = vmap(self._probe_losses)(self.params, *self._probe, self._probe_valid)
             else:
-                probe = self._unmeasured_probe(head)
-        return self._with_probe(head, probe)
+                probe = self._unmeasured_probe(stats["update_norm"])
+        return self._row(stats, probe)
 
     @staticmethod
-    def _unmeasured_probe(head: torch.Tensor) -> torch.Tensor:
-        """The probe statistics of an update that skips step 5: NaN, shaped like :meth:`_probe_losses`'s."""
-        return torch.full((*head.shape[:-1], 2), float("nan"), device=head.device, dtype=head.dtype)
+    def _unmeasured_probe(like: torch.Tensor) -> torch.Tensor:
+        """The probe statistics of an update that skips step 5: NaN, shaped (*like.shape, 2) like
+        :meth:`_probe_losses`'s, in ``like``'s dtype (a statistic of the same runs)."""
+        return torch.full((*like.shape, 2), float("nan"), device=like.device, dtype=like.dtype)
 
     # -- the graph executor ---------------------------------------------------------------------
 
@@ -472,18 +473,18 @@ class UnlearningEngine(RunEngine):
         if self.executor == "loop":
             rows = []
             for j, i in enumerate(idx):
-                _, head = self._run_step(self._leaves[i], batches[j], lam[j], scale[j], len(self._forget[i][0]), False)
+                _, stats = self._run_step(self._leaves[i], batches[j], lam[j], scale[j], len(self._forget[i][0]), False)
                 probe = self._probe_losses(self._leaves[i], *(b[i] for b in self._probe), self._probe_valid[i])
-                rows.append(self._with_probe(head, probe))
-            stats = torch.stack(rows)
+                rows.append(self._row(stats, probe))
+            values = torch.stack(rows)
         else:
             sel = torch.as_tensor(idx, device=self.device)
             params = {name: p[sel] for name, p in self.params.items()}
             with math_attention():
-                _, head = self._vmap_step(params, batches, lam, scale, self._forget_size(idx), clip=False)
+                _, stats = self._vmap_step(params, batches, lam, scale, self._forget_size(idx), clip=False)
                 probe = vmap(self._probe_losses)(params, *(b[sel] for b in self._probe), self._probe_valid[sel])
-            stats = self._with_probe(head, probe)
-        return self._to_host(stats)
+            values = self._row(stats, probe)
+        return self._to_host(values)
 
     # -- restore, save -------------------------------------------------------------------------
 

@@ -53,14 +53,15 @@ class HybridConfig:
 
 @dataclass(frozen=True)
 class HybridResult:
-    """One hybrid evaluation (tensors on the device, no graph)."""
+    """One hybrid evaluation (tensors on the device, no graph); the statistics carry the names of the
+    engine's ``HybridStepStats`` (r = retain for the paper's x, f = forget for its a)."""
 
     grads: tuple[torch.Tensor, ...]
     """g = 2(1 − λ)·g_S + 2λ·w·∇ℓ_align, before clipping."""
-    loss_x: torch.Tensor
-    """SISS's ℓ_x (retain)."""
-    loss_a: torch.Tensor
-    """SISS's ℓ_a (forget)."""
+    loss_r: torch.Tensor
+    """SISS's ℓ_x, the retain loss estimate."""
+    loss_f: torch.Tensor
+    """SISS's ℓ_a, the forget loss estimate."""
     loss_align: torch.Tensor
     """ℓ_align."""
     grad_siss_norm: torch.Tensor
@@ -68,6 +69,7 @@ class HybridResult:
     grad_align_norm: torch.Tensor
     """‖∇ℓ_align‖."""
     forget_share: torch.Tensor
+    """Share of SISS's batch drawn from the forget set."""
     dloss_dlam: torch.Tensor
     """∂L/∂λ = 2(w·ℓ_align − L_S), with L_S = c_x·ℓ_x − c_a·ℓ_a (surgery coefficients held fixed)."""
 
@@ -101,8 +103,8 @@ def hybrid_objective(
         unet, params, batch, config.siss_lambda, gamma, sigma, cfg, forget_scale, dataset_size, forget_size
     )
     # 2. L_S = c_x·ℓ_x − c_a·ℓ_a
-    c_x, c_a = surgery_coefficients(siss.grad_a_norm, cfg, forget_scale, dataset_size, forget_size)
-    loss_siss = c_x * siss.loss_x - c_a * siss.loss_a
+    c_x, c_a = surgery_coefficients(siss.grad_f_norm, cfg, forget_scale, dataset_size, forget_size)
+    loss_siss = c_x * siss.loss_r - c_a * siss.loss_f
     # 3. a_t = γ_t a + σ_t ε with SISS's t and ε
     a_t = forward_noise(batch.a, batch.t, batch.eps, gamma, sigma)
     # 4. ε̄ = sg(Σ_k π_k ε_φ(a_t, t, k))
@@ -122,8 +124,8 @@ def hybrid_objective(
     # 7. statistics: ‖g_S‖, ‖∇ℓ_align‖, ∂L/∂λ = 2(w·ℓ_align − L_S)
     return HybridResult(
         grads=grads,
-        loss_x=siss.loss_x,
-        loss_a=siss.loss_a,
+        loss_r=siss.loss_r,
+        loss_f=siss.loss_f,
         loss_align=loss_align,
         grad_siss_norm=global_norm(siss.grads),
         grad_align_norm=global_norm(g_al),

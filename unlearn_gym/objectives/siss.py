@@ -131,23 +131,27 @@ class SISSBatch:
 
 @dataclass(frozen=True)
 class ObjectiveResult:
-    """What one objective evaluation returns (all tensors, on the model's device, no graph)."""
+    """What one objective evaluation returns (all tensors, on the model's device, no graph).
+
+    The statistics carry the names of the engine's :class:`~unlearn_gym.engines.StepStats` and of the
+    env's ``info`` (r = retain, f = forget; the paper's x and a): the engine reads each one by name.
+    """
 
     grads: tuple[torch.Tensor, ...]
     """The combined update direction g, one tensor per parameter (before clipping)."""
-    loss_x: torch.Tensor
-    """ℓ_x (retain loss estimate), scalar."""
-    loss_a: torch.Tensor
-    """ℓ_a (forget loss estimate), scalar."""
-    grad_x_norm: torch.Tensor
-    """‖g_x‖, global L2 norm."""
-    grad_a_norm: torch.Tensor
-    """‖g_a‖, global L2 norm."""
+    loss_r: torch.Tensor
+    """ℓ_x, the retain loss estimate, scalar."""
+    loss_f: torch.Tensor
+    """ℓ_a, the forget loss estimate, scalar."""
+    grad_r_norm: torch.Tensor
+    """‖g_x‖, the global L2 norm of the retain gradient."""
+    grad_f_norm: torch.Tensor
+    """‖g_a‖, the global L2 norm of the forget gradient."""
     forget_share: torch.Tensor
     """Share of the batch drawn from the forget set (the realised λ)."""
-    dloss_x_dlam: torch.Tensor
+    dloss_r_dlam: torch.Tensor
     """∂ℓ_x/∂λ with the samples held fixed (0 where λ does not enter)."""
-    dloss_a_dlam: torch.Tensor
+    dloss_f_dlam: torch.Tensor
     """∂ℓ_a/∂λ with the samples held fixed."""
     dloss_dlam: torch.Tensor
     """∂L/∂λ of the combined loss L = c_x·ℓ_x − c_a·ℓ_a whose gradient is ``grads`` (the surgery's
@@ -170,42 +174,44 @@ class EstimatorVariances:
     term has the same logarithmic derivative ∂v_i/∂λ = ρ_i·v_i with ρ_i = w_x,i − w_a,i (from
     ∂w_x/∂λ = −w_x(w_a − w_x), ∂w_a/∂λ = −w_a(w_a − w_x)). "Samples held fixed" derivatives keep
     m_t, t, ε and the draw of each pair as they are; "resampled" ones estimate the derivative of the
-    estimator's variance under q_λ, where the draw moves with λ too. All fields are 0-d tensors.
+    estimator's variance under q_λ, where the draw moves with λ too. All fields are 0-d tensors, named
+    as the engine's ``StepStats`` and the env's ``info`` name them (r = retain for the paper's x,
+    f = forget for its a).
     """
 
-    var_loss_x: torch.Tensor
+    var_loss_r: torch.Tensor
     """Var̂(ℓ_x) = Σ_i (v_x,i − ℓ_x)²/(B(B − 1)): the batch's sample variance of v_x,i over B (0 if B = 1)."""
-    var_loss_a: torch.Tensor
+    var_loss_f: torch.Tensor
     """Var̂(ℓ_a) = Σ_i (v_a,i − ℓ_a)²/(B(B − 1))."""
     var_loss: torch.Tensor
     """Var̂(L) = Σ_i (v_i − L)²/(B(B − 1)), c_x and c_a held fixed."""
-    dvar_loss_x_dlam: torch.Tensor
+    dvar_loss_r_dlam: torch.Tensor
     """∂Var̂(ℓ_x)/∂λ, samples held fixed: 2·Σ_i (v_x,i − ℓ_x)·ρ_i·v_x,i/(B(B − 1))."""
-    dvar_loss_a_dlam: torch.Tensor
+    dvar_loss_f_dlam: torch.Tensor
     """∂Var̂(ℓ_a)/∂λ, samples held fixed: 2·Σ_i (v_a,i − ℓ_a)·ρ_i·v_a,i/(B(B − 1))."""
     dvar_loss_dlam: torch.Tensor
     """∂Var̂(L)/∂λ, samples and c_x, c_a held fixed: 2·Σ_i (v_i − L)·ρ_i·v_i/(B(B − 1))."""
-    rel_var_loss_x: torch.Tensor
+    rel_var_loss_r: torch.Tensor
     """Var̂(ℓ_x)/ℓ_x² = (B·Σ_i p_x,i² − 1)/(B − 1) with p_x,i = v_x,i/Σ_j v_x,j (from log w_x + log e_x, so
     exact where the weights underflow); in [0, 1]: 0 for equal terms, 1 when one term carries all (0 if
     B = 1 or every term is 0)."""
-    rel_var_loss_a: torch.Tensor
+    rel_var_loss_f: torch.Tensor
     """Var̂(ℓ_a)/ℓ_a², likewise with p_a,i = v_a,i/Σ_j v_a,j."""
-    drel_var_loss_x_dlam: torch.Tensor
+    drel_var_loss_r_dlam: torch.Tensor
     """∂(Var̂(ℓ_x)/ℓ_x²)/∂λ, samples held fixed: 2B/(B − 1)·(Σ_i p_x,i²·ρ_i − Σ_i p_x,i²·Σ_j p_x,j·ρ_j)."""
-    drel_var_loss_a_dlam: torch.Tensor
+    drel_var_loss_f_dlam: torch.Tensor
     """∂(Var̂(ℓ_a)/ℓ_a²)/∂λ, samples held fixed, likewise with p_a."""
-    dvar_loss_x_dlam_resampled: torch.Tensor
+    dvar_loss_r_dlam_resampled: torch.Tensor
     """mean_i ρ_i·v_x,i²/B: an unbiased estimate of dVar_λ(ℓ_x)/dλ, the derivative of the estimator's
     variance when the batch is redrawn from q_λ (half the samples-held-fixed derivative of mean_i v_x,i²/B)."""
-    dvar_loss_a_dlam_resampled: torch.Tensor
+    dvar_loss_f_dlam_resampled: torch.Tensor
     """mean_i ρ_i·v_a,i²/B: an unbiased estimate of dVar_λ(ℓ_a)/dλ."""
     dvar_loss_dlam_resampled: torch.Tensor
     """mean_i ρ_i·v_i²/B: an unbiased estimate of dVar_λ(L)/dλ (c_x, c_a held fixed)."""
-    drel_var_loss_x_dlam_resampled: torch.Tensor
+    drel_var_loss_r_dlam_resampled: torch.Tensor
     """Σ_i p_x,i²·ρ_i = (mean_i ρ_i·v_x,i²/B)/ℓ_x²: the plug-in estimate of d(Var_λ(ℓ_x)/ℓ_x²)/dλ (ℓ_x's
     expectation does not depend on λ)."""
-    drel_var_loss_a_dlam_resampled: torch.Tensor
+    drel_var_loss_f_dlam_resampled: torch.Tensor
     """Σ_i p_a,i²·ρ_i: the plug-in estimate of d(Var_λ(ℓ_a)/ℓ_a²)/dλ."""
 
     @classmethod
@@ -213,10 +219,6 @@ class EstimatorVariances:
         """Every field 0 (objectives without importance weights), as 0-d tensors like ``like``."""
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
         return cls(*(zero for _ in fields(cls)))
-
-    def tensors(self) -> list[torch.Tensor]:
-        """The fields in declaration order (no copies)."""
-        return [getattr(self, f.name) for f in fields(self)]
 
 
 def estimator_variances(
@@ -269,21 +271,21 @@ def estimator_variances(
     rel_x, drel_x, drel_x_q = relative(log_w_x, err_x)
     rel_a, drel_a, drel_a_q = relative(log_w_a, err_a)
     return EstimatorVariances(
-        var_loss_x=var_x,
-        var_loss_a=var_a,
+        var_loss_r=var_x,
+        var_loss_f=var_a,
         var_loss=var_l,
-        dvar_loss_x_dlam=dvar_x,
-        dvar_loss_a_dlam=dvar_a,
+        dvar_loss_r_dlam=dvar_x,
+        dvar_loss_f_dlam=dvar_a,
         dvar_loss_dlam=dvar_l,
-        rel_var_loss_x=rel_x,
-        rel_var_loss_a=rel_a,
-        drel_var_loss_x_dlam=drel_x,
-        drel_var_loss_a_dlam=drel_a,
-        dvar_loss_x_dlam_resampled=dvar_x_q,
-        dvar_loss_a_dlam_resampled=dvar_a_q,
+        rel_var_loss_r=rel_x,
+        rel_var_loss_f=rel_a,
+        drel_var_loss_r_dlam=drel_x,
+        drel_var_loss_f_dlam=drel_a,
+        dvar_loss_r_dlam_resampled=dvar_x_q,
+        dvar_loss_f_dlam_resampled=dvar_a_q,
         dvar_loss_dlam_resampled=dvar_l_q,
-        drel_var_loss_x_dlam_resampled=drel_x_q,
-        drel_var_loss_a_dlam_resampled=drel_a_q,
+        drel_var_loss_r_dlam_resampled=drel_x_q,
+        drel_var_loss_f_dlam_resampled=drel_a_q,
     )
 
 
@@ -455,13 +457,13 @@ def siss_objective(
     variances = estimator_variances(log_w_x, log_w_a, err_x, err_a, c_x, c_a)
     return ObjectiveResult(
         grads=grads,
-        loss_x=loss_x,
-        loss_a=loss_a,
-        grad_x_norm=n_x,
-        grad_a_norm=n_a,
+        loss_r=loss_x,
+        loss_f=loss_a,
+        grad_r_norm=n_x,
+        grad_f_norm=n_a,
         forget_share=take_a.to(x_t.dtype).mean(),
-        dloss_x_dlam=dlx,
-        dloss_a_dlam=dla,
+        dloss_r_dlam=dlx,
+        dloss_f_dlam=dla,
         dloss_dlam=c_x * dlx - c_a * dla,
         variances=variances,
     )
@@ -489,10 +491,21 @@ def _paired_gradients(unet, params, batch: SISSBatch, gamma, sigma, forget_targe
 
 
 def _result(grads, loss_x, loss_a, n_x, n_a, forget_share) -> ObjectiveResult:
+    """The result of an objective without importance weights: λ does not enter (its derivatives and
+    the variances are 0) and the forget share is the objective's fixed one."""
     zero = torch.zeros((), dtype=loss_x.dtype, device=loss_x.device)
-    share = torch.full((), forget_share, dtype=loss_x.dtype, device=loss_x.device)
-    variances = EstimatorVariances.zeros(loss_x)
-    return ObjectiveResult(tuple(grads), loss_x, loss_a, n_x, n_a, share, zero, zero, zero, variances)
+    return ObjectiveResult(
+        grads=tuple(grads),
+        loss_r=loss_x,
+        loss_f=loss_a,
+        grad_r_norm=n_x,
+        grad_f_norm=n_a,
+        forget_share=torch.full((), forget_share, dtype=loss_x.dtype, device=loss_x.device),
+        dloss_r_dlam=zero,
+        dloss_f_dlam=zero,
+        dloss_dlam=zero,
+        variances=EstimatorVariances.zeros(loss_x),
+    )
 
 
 def siss_no_is_objective(
