@@ -97,7 +97,8 @@ def _curve_lines(result: dict) -> list[str]:
     if not rows:
         return []
     episodes = [e for e in result["episodes"] if e.get("forget_curve")]
-    steps = sorted({int(t) for e in episodes for t, _ in e["forget_curve"]})
+    horizon = max(int(e["forget_curve"][-1][0]) for e in episodes)  # T, unless every episode diverged
+    steps = sorted({*(int(t) for t in result["settings"].get("curve_steps", ())), horizon})
     start = result["pretrained"]["curve_forget_rate"]
     lines = [
         "",
