@@ -6,7 +6,7 @@ import json
 import pytest
 from test_bench import _config, _strip_seconds
 
-from unlearn_gym.bench import EpisodeRunner, policy_from_spec, run_benchmark, to_markdown
+from unlearn_gym.bench import EpisodeRunner, policy_from_spec, run_benchmark, to_markdown, write_report
 from unlearn_gym.bench.curve import check_curve_steps, curve_scores
 
 
@@ -44,7 +44,7 @@ def test_curve_scores_match_hand_computed_cases():
         check_curve_steps([10, 100], 100)
 
 
-def test_the_forget_curve_of_the_single_and_the_vector_env(tiny_checkpoint, one_thread):
+def test_the_forget_curve_of_the_single_and_the_vector_env(tiny_checkpoint, one_thread, tmp_path):
     """Curve points after steps 1 and 2 and at the end, on the contaminated label's samples; the vector
     env's records equal the single env's (diverged runs included: no point after the end); the bench
     scores them and prints the curve table."""
@@ -82,6 +82,8 @@ def test_the_forget_curve_of_the_single_and_the_vector_env(tiny_checkpoint, one_
     summary = result["summary"]["static:0.5"]
     assert set(summary) >= {"forget_auc", "steps_to_half", "steps_to_tenth", "reached_half", "reached_tenth"}
     assert "| policy | F(1) | F(2) | F(3) | AUC ↓ | steps to F⁰/2 ↓ | steps to F⁰/10 ↓ |" in to_markdown(result)
+    paths = write_report(result, tmp_path / "report")
+    assert paths["forget_curve"].is_file() and paths["forget_curve"].stat().st_size > 1000
     with pytest.raises(ValueError, match="every step must lie in 1..2"):
         EpisodeRunner({}, dataclasses.replace(config, curve_steps=(3,)))
     with pytest.raises(ValueError, match="curve_steps needs the sample evaluation"):

@@ -1,4 +1,4 @@
-"""The benchmark's plots: λ trajectories and cumulative rewards, performance profiles, sample grids."""
+"""The benchmark's plots: λ trajectories and cumulative rewards, performance profiles, forget curves, sample grids."""
 
 from __future__ import annotations
 
@@ -54,9 +54,39 @@ def _profile_plot(result: dict, out: Path, plt) -> dict[str, Path]:
     return {"profile": path}
 
 
+def _forget_curve_plot(result: dict, out: Path, plt) -> dict[str, Path]:
+    """forget_curve.png (with ``curve_steps``): each policy's mean F(t) ± 95% CI over its episodes at
+    t = 0 (F⁰), the curve steps and T, with F⁰/2 and F⁰/10 marked; {} without curves."""
+    episodes = [e for e in result["episodes"] if e.get("forget_curve")]
+    if not episodes or result.get("pretrained") is None:
+        return {}
+    start = result["pretrained"]["curve_forget_rate"]
+    horizon = max(int(e["forget_curve"][-1][0]) for e in episodes)
+    steps = sorted({0, *(int(t) for t in result["settings"].get("curve_steps", ())), horizon})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, name in enumerate(result["summary"]):
+        mine = [e for e in episodes if e["policy"] == name]
+        if not mine:
+            continue
+        at = [[next((f for s, f in reversed(e["forget_curve"]) if s <= t), start) for e in mine] for t in steps]
+        mean = np.array([np.mean(v) for v in at])
+        half = np.nan_to_num(np.array([confidence_interval(v)[1] for v in at]))
+        ax.plot(steps, mean, marker="o", ms=3, color=f"C{k}", lw=1.8, label=name)
+        ax.fill_between(steps, mean - half, mean + half, color=f"C{k}", alpha=0.15)
+    for fraction, style in ((0.5, "--"), (0.1, ":")):
+        ax.axhline(fraction * start, color="k", lw=0.7, ls=style, label=f"F⁰·{fraction:g}")
+    ax.set(xlabel="step t", ylabel="forget rate F(t)", title="forget curve (mean ± 95% CI over the episodes)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "forget_curve.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"forget_curve": path}
+
+
 def write_plots(result: dict, grids: dict, out: Path) -> dict[str, Path]:
     """curves.png (λ_t of every episode and each policy's mean; the cumulative reward, mean ± 95% CI),
-    profile.png (:func:`_profile_plot`) and, with ``grids``, samples.png (each grid: (L, k, C, H, W)
+    profile.png (:func:`_profile_plot`), forget_curve.png with ``curve_steps`` (:func:`_forget_curve_plot`) and, with ``grids``, samples.png (each grid: (L, k, C, H, W)
     in [−1, 1]) into ``out``; name → path."""
     import matplotlib
 
@@ -89,6 +119,7 @@ def write_plots(result: dict, grids: dict, out: Path) -> dict[str, Path]:
     fig.savefig(paths["curves"], dpi=120)
     plt.close(fig)
     paths |= _profile_plot(result, out, plt)
+    paths |= _forget_curve_plot(result, out, plt)
     if grids:
         panels = list(grids)
         fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 4.2), squeeze=False)
