@@ -1,5 +1,7 @@
 import copy
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,7 +153,7 @@ def test_vmapped_gradients_equal_the_eager_ones_in_float64(one_thread):
 
     def run(th, ps, b, lam, wk):
         b = SFDBatch(*b)
-        g_psi, *_ = fake_score_step(theta, th, ps, b, gamma, sigma, CFG)
+        g_psi = fake_score_step(theta, th, ps, b, gamma, sigma, CFG).grads
         res = sfd_generator_step(theta, th, tp, ps, b, lam, gamma, sigma, CFG, (classes, wk))
         return g_psi, res.grads, torch.stack([res.loss_remain, res.loss_forget, res.dloss_dlam])
 
@@ -164,3 +166,54 @@ def test_vmapped_gradients_equal_the_eager_ones_in_float64(one_thread):
         for a, b in zip(g_psi + g_theta, [g[i] for g in g_psi_v + g_theta_v]):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(stats_v[i], stats.detach(), rtol=1e-12, atol=1e-12)
+
+
+def _statistics(res) -> dict[str, float]:
+    """name → value of every statistic of a step's result (its fields but the gradients)."""
+    return {f.name: float(getattr(res, f.name)) for f in dataclasses.fields(res) if f.name != "grads"}
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+def test_the_engine_row_is_the_objectives_results_by_name(executor, one_thread):
+    """One SFDEngine update's SFDStepStats against the two steps called directly on each run's batch
+    and weights: every statistic of the ψ and θ steps' results arrives under its name,
+    ``update_norm`` is ‖∇_θ L_θ‖; nothing else is in the row but the probe."""
+    from unlearn_gym.engines import SFD_PROBE_STATS, SFD_STAT_NAMES, SFDEngine, SFDIterationResult
+    from unlearn_gym.engines.run_axis import result_statistics
+    from unlearn_gym.objectives.common import global_norm
+    from unlearn_gym.objectives.sfd import fake_score_step
+
+    assert {*result_statistics(SFDIterationResult), "update_norm", *SFD_PROBE_STATS} == set(SFD_STAT_NAMES)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = make_unet("tiny")
+        classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    cfg = SFDConfig(batch_size=2, lr=1e-3)
+    eng = SFDEngine(unet, 1, (0, 2, 3), cfg, classifier=classifier, probe_size=1, num_runs=2, executor=executor)
+    eng.seed([3, 4])
+    eng.update([0.3, 0.6])  # away from θ = ψ = φ, where ℓ_remain and ‖g_r‖ are rounding noise
+    theta = {name: p.clone() for name, p in eng.params.items()}
+    psi = {name: p.clone() for name, p in eng.psi.items()}
+    rng = [g.get_state() for g in eng.generators]
+    lam, weights = [0.25, 0.75], np.array([[0.2, 0.5, 0.3], [0.6, 0.2, 0.2]], dtype=np.float32)
+    stats = eng.update(lam, weights)
+    for i in range(2):
+        g = torch.Generator()
+        g.set_state(rng[i])  # the same batch, from the generator's state before the update
+        batch = draw_sfd_batch(eng.sample_shape, eng.remain_classes, eng.forget_class, cfg, g, "cpu")
+        th = {name: p[i].clone().requires_grad_() for name, p in theta.items()}
+        ps = {name: p[i].clone().requires_grad_() for name, p in psi.items()}
+        psi_res = fake_score_step(unet, th, ps, batch, eng.gamma, eng.sigma, cfg)
+        stepped_psi = {name: p[i] for name, p in eng.psi.items()}  # the θ step sees ψ after its step
+        lam_t, target = torch.tensor(lam[i], dtype=torch.float64), (eng.remain_classes, torch.from_numpy(weights[i]))
+        res = sfd_generator_step(
+            unet, th, eng.teacher_params, stepped_psi, batch, lam_t, eng.gamma, eng.sigma, cfg, target
+        )
+        expected = {**_statistics(psi_res), **_statistics(res), "update_norm": float(global_norm(res.grads))}
+        row = stats[i].as_dict()
+        assert set(row) == {*expected, *SFD_PROBE_STATS}
+        for name, value in expected.items():
+            assert row[name] == pytest.approx(value, rel=1e-5), name  # vmap: batched kernels, measured ≤ 4e-7
+            if executor == "loop":  # the same operations: the same numbers
+                assert row[name] == value, name
+        assert all(0 < row[name] < 1 for name in SFD_PROBE_STATS)

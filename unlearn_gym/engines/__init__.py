@@ -7,9 +7,19 @@ Score Forgetting Distillation. Envs import from here and never reach past an eng
 """
 
 from .hybrid import HYBRID_STAT_NAMES, HybridEngine, HybridStepStats
-from .run_axis import EXECUTORS, Executor, HostStats, RunEngine, RunStats, adamw_, math_attention, resolve_executor
-from .sfd import SFD_STAT_NAMES, SFDEngine, SFDStepStats
-from .siss import STAT_NAMES, StepStats, UnlearningEngine
+from .run_axis import (
+    EXECUTORS,
+    Executor,
+    HostStats,
+    RunEngine,
+    RunStats,
+    StatsLayout,
+    adamw_,
+    math_attention,
+    resolve_executor,
+)
+from .sfd import SFD_PROBE_STATS, SFD_STAT_NAMES, SFDEngine, SFDIterationResult, SFDStepStats
+from .siss import PROBE_STATS, STAT_NAMES, StepStats, UnlearningEngine
 
 __all__ = [
     "EXECUTORS",
@@ -18,12 +28,16 @@ __all__ = [
     "HostStats",
     "HybridEngine",
     "HybridStepStats",
+    "PROBE_STATS",
     "RunEngine",
     "RunStats",
     "SFDEngine",
+    "SFDIterationResult",
     "SFDStepStats",
+    "SFD_PROBE_STATS",
     "SFD_STAT_NAMES",
     "STAT_NAMES",
+    "StatsLayout",
     "StepStats",
     "UnlearningEngine",
     "adamw_",

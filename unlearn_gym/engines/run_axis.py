@@ -145,10 +145,18 @@ class StatsLayout:
         result_paths = {n: provided[n] for n in names if n in provided}
         return cls(names, result_paths, tuple(n for n in names if n in engine_names))
 
-    def from_result(self, result) -> dict[str, torch.Tensor]:
-        """name → the result's tensor (no copy) for every statistic read from the objective's result."""
+    def from_result(self, result, part: str | None = None) -> dict[str, torch.Tensor]:
+        """name → the result's tensor (no copy) for every statistic read from the objective's result.
+
+        With ``part``, ``result`` is only the value of the result's field ``part`` (one of the steps an
+        engine computes separately, e.g. SFD's ψ and θ steps), and only the statistics under it are read.
+        """
         out = {}
         for name, path in self.result_paths.items():
+            if part is not None:
+                if path[0] != part:
+                    continue
+                path = path[1:]
             value = result
             for attr in path:
                 value = getattr(value, attr)

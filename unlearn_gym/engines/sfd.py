@@ -19,17 +19,19 @@ from torch.func import vmap
 from ..models.unet import noise_schedule
 from ..objectives.common import global_norm
 from ..objectives.sfd import (
+    FakeScoreResult,
     SFDBatch,
     SFDConfig,
+    SFDResult,
     draw_sfd_batch,
     fake_score_loss,
     fake_score_step,
     generator_sample,
     sfd_generator_step,
 )
-from .run_axis import Executor, HostStats, RunEngine, RunStats, adamw_, math_attention
+from .run_axis import Executor, HostStats, RunEngine, RunStats, StatsLayout, adamw_, math_attention
 
-__all__ = ["SFDEngine", "SFDStepStats", "SFD_STAT_NAMES"]
+__all__ = ["SFDEngine", "SFDIterationResult", "SFDStepStats", "SFD_PROBE_STATS", "SFD_STAT_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,23 @@ class SFDStepStats(HostStats):
 SFD_STAT_NAMES = SFDStepStats.names()
 """The field names of :class:`SFDStepStats`, in the order of the engine's stats tensor."""
 
+SFD_PROBE_STATS = ("probe_forget_p", "probe_remain_p")
+"""The names of the probe's two probabilities (forget class, remaining classes), in the order it computes them."""
+
+
+@dataclass(frozen=True)
+class SFDIterationResult:
+    """The objective's results of one SFD iteration, whose statistics the engine's row reads by name.
+
+    The two steps are computed apart (ψ's Adam step lies between them), so the engine reads each
+    step's statistics from its own result (:meth:`~.run_axis.StatsLayout.from_result` with ``part``).
+    """
+
+    psi: FakeScoreResult
+    """The ψ step's (``loss_psi_remain``, ``loss_psi_forget``)."""
+    theta: SFDResult
+    """The θ step's (``loss_remain``, ``loss_forget``, ``grad_remain_norm``, ``grad_forget_norm``, ``dloss_dlam``)."""
+
 
 def _stack(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     return {k: v.unsqueeze(0).repeat(n, *([1] * v.ndim)) for k, v in tensors.items()}
@@ -83,6 +102,11 @@ class SFDEngine(RunEngine):
     4. classify each run's fixed probe G_θ(z, c) with its new weights;
     5. copy one (N, k) statistics tensor to the host.
 
+    Every statistic of the row is read by its name (:class:`~.run_axis.StatsLayout`): from the
+    objective's results (``result_class``: the ψ step's and the θ step's), or the engine's own
+    ``update_norm`` and probe probabilities (:data:`SFD_PROBE_STATS`); a ``stats_class`` field that
+    none of them provides fails at construction.
+
     The per-run gradients of steps 2–3 and the probe of step 4 are mapped over the runs by the
     executor: "loop" (the CPU default; run i is computed exactly as a one-run engine seeded like it
     computes it) or "vmap" (``torch.func.vmap`` over the stacks, math attention; the CUDA default).
@@ -102,7 +126,10 @@ class SFDEngine(RunEngine):
         executor: "auto", "vmap" or "loop" (no "graph" yet).
     """
 
-    stats_class = SFDStepStats
+    stats_class: type[HostStats] = SFDStepStats
+    """The statistics of one run's iteration, in the order of the engine's stats tensor."""
+    result_class: type = SFDIterationResult
+    """The objective's results of one iteration, whose statistics the row reads by name."""
 
     def __init__(
         self,
@@ -123,6 +150,8 @@ class SFDEngine(RunEngine):
             raise ValueError("remain_classes must not be empty")
         if probe_size < 0:
             raise ValueError(f"probe_size must be >= 0, got {probe_size}")
+        self._layout = StatsLayout.build(self.stats_class, self.result_class, ("update_norm", *SFD_PROBE_STATS))
+        """Where each statistic of the row comes from, by name."""
         N = self._init_runs(num_runs, executor, device)
         if self.executor == "graph":
             raise ValueError(
@@ -204,14 +233,12 @@ class SFDEngine(RunEngine):
     # -- the per-run functions -------------------------------------------------------------------
 
     def _psi_grads(self, theta, psi, batch_fields):
-        """Step 2 of one run: (∇_ψ L_ψ, (2,) the remain and forget parts of L_ψ)."""
-        grads, remain, forget = fake_score_step(
-            self._module, theta, psi, SFDBatch(*batch_fields), self.gamma, self.sigma, self.config
-        )
-        return grads, torch.stack([remain, forget])
+        """Step 2 of one run: (∇_ψ L_ψ, name → 0-d tensor of the ψ step's statistics)."""
+        res = fake_score_step(self._module, theta, psi, SFDBatch(*batch_fields), self.gamma, self.sigma, self.config)
+        return res.grads, self._layout.from_result(res, part="psi")
 
-    def _psi_losses(self, theta, psi, batch_fields) -> torch.Tensor:
-        """(2,) the remain and forget parts of L_ψ, without a gradient (evaluation)."""
+    def _psi_losses(self, theta, psi, batch_fields) -> dict[str, torch.Tensor]:
+        """name → 0-d tensor of the ψ step's statistics (the parts of L_ψ), without a gradient (evaluation)."""
         batch, cfg = SFDBatch(*batch_fields), self.config
         with torch.no_grad():
             x_r = generator_sample(
@@ -223,17 +250,18 @@ class SFDEngine(RunEngine):
             _, remain, forget = fake_score_loss(
                 self._module, psi, x_r, batch.c_remain, x_f, batch.c_forget, batch, self.gamma, self.sigma, cfg
             )
-        return torch.stack([remain, forget])
+        res = FakeScoreResult((), loss_psi_remain=remain, loss_psi_forget=forget)
+        return self._layout.from_result(res, part="psi")
 
     def _theta_grads(self, theta, psi, batch_fields, lam, weights, override):
-        """Step 3 of one run: (∇_θ L_θ, (6,) [ℓ_remain, ℓ_forget, ‖g_r‖, ‖g_f‖, ∂L_θ/∂λ, ‖∇_θ L_θ‖])."""
+        """Step 3 of one run: (∇_θ L_θ, name → 0-d tensor of the θ step's statistics and ``update_norm``,
+        ‖∇_θ L_θ‖)."""
         target = override if override is not None else (self.remain_classes, weights)
         res = sfd_generator_step(
             self._module, theta, self.teacher_params, psi, SFDBatch(*batch_fields), lam, self.gamma, self.sigma,
             self.config, target,
         )  # fmt: skip
-        head = [res.loss_remain, res.loss_forget, res.grad_remain_norm, res.grad_forget_norm, res.dloss_dlam]
-        return res.grads, torch.stack([*head, global_norm(res.grads)])
+        return res.grads, {**self._layout.from_result(res, part="theta"), "update_norm": global_norm(res.grads)}
 
     def _probe_probabilities(self, theta, z, valid) -> torch.Tensor:
         """(2,) mean classifier probability of the conditioning class on G_θ(z_probe, c): forget, remaining."""
@@ -244,6 +272,12 @@ class SFDEngine(RunEngine):
             x = generator_sample(self._module, theta, z, labels, self.gamma, self.sigma, self.config.t_star)
             p = torch.softmax(self.classifier(x.clamp(-1, 1)), dim=1).gather(1, labels[:, None])[:, 0]
         return torch.where(valid, torch.stack([p[:P].mean(), p[P:].mean()]), float("nan"))
+
+    def _row(self, psi_stats: dict, theta_stats: dict, probe: torch.Tensor) -> torch.Tensor:
+        """The (..., k) statistics tensor in ``stats_class`` order, every column by name: the ψ and θ
+        steps' statistics (each (...)) and the (..., 2) probe probabilities as :data:`SFD_PROBE_STATS`."""
+        probe_stats = dict(zip(SFD_PROBE_STATS, probe.unbind(-1), strict=True))
+        return self._layout.row({**psi_stats, **theta_stats, **probe_stats})
 
     @torch.no_grad()
     def _step_(self, net: str, run: int | None, grads) -> None:
@@ -289,22 +323,22 @@ class SFDEngine(RunEngine):
                 g_psi, psi_stats = self._psi_grads(theta, psi, batches[i])
                 self._step_("psi", i, g_psi)
                 psi_fixed = {k: v.detach() for k, v in psi.items()}
-                g_theta, head = self._theta_grads(theta, psi_fixed, batches[i], lam[i], weights[i], override)
+                g_theta, theta_stats = self._theta_grads(theta, psi_fixed, batches[i], lam[i], weights[i], override)
                 self._step_("theta", i, g_theta)
                 probe = self._probe_probabilities(theta, self._probe_z[i], self._probe_valid[i])
-                rows.append(torch.cat([psi_stats, head, probe]))
+                rows.append(self._row(psi_stats, theta_stats, probe))
             stats = torch.stack(rows)
         else:
             stacked = tuple(torch.stack(parts) for parts in zip(*batches))
             with math_attention():
                 g_psi, psi_stats = vmap(self._psi_grads)(self.params, self.psi, stacked)
                 self._step_("psi", None, g_psi)
-                g_theta, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
+                g_theta, theta_stats = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
                     self.params, self.psi, stacked, lam, weights
                 )
                 self._step_("theta", None, g_theta)
                 probe = vmap(self._probe_probabilities)(self.params, self._probe_z, self._probe_valid)
-            stats = torch.cat([psi_stats, head, probe], dim=1)
+            stats = self._row(psi_stats, theta_stats, probe)
         self.step_count += 1
         return self._to_host(stats)
 
@@ -326,9 +360,9 @@ class SFDEngine(RunEngine):
             for j, i in enumerate(idx):
                 theta, psi = self._theta_leaves[i], {k: v.detach() for k, v in self._psi_leaves[i].items()}
                 psi_stats = self._psi_losses(theta, psi, batches[j])
-                _, head = self._theta_grads(theta, psi, batches[j], lam[j], weights[j], override)
+                _, theta_stats = self._theta_grads(theta, psi, batches[j], lam[j], weights[j], override)
                 probe = self._probe_probabilities(theta, self._probe_z[i], self._probe_valid[i])
-                rows.append(torch.cat([psi_stats, head, probe]))
+                rows.append(self._row(psi_stats, theta_stats, probe))
             stats = torch.stack(rows)
         else:
             sel = torch.as_tensor(idx, device=self.device)
@@ -337,11 +371,11 @@ class SFDEngine(RunEngine):
             stacked = tuple(torch.stack(parts) for parts in zip(*batches))
             with math_attention():
                 psi_stats = vmap(self._psi_losses)(theta, psi, stacked)
-                _, head = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
+                _, theta_stats = vmap(lambda th, ps, b, lm, w: self._theta_grads(th, ps, b, lm, w, override))(
                     theta, psi, stacked, lam, weights
                 )
                 probe = vmap(self._probe_probabilities)(theta, self._probe_z[sel], self._probe_valid[sel])
-            stats = torch.cat([psi_stats, head, probe], dim=1)
+            stats = self._row(psi_stats, theta_stats, probe)
         return self._to_host(stats)
 
     # -- restore, EMA ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "SFDConfig",
     "SFDBatch",
     "SFDResult",
+    "FakeScoreResult",
     "draw_sfd_batch",
     "generator_sample",
     "fake_score_loss",
@@ -103,8 +104,26 @@ class SFDBatch:
 
 
 @dataclass(frozen=True)
+class FakeScoreResult:
+    """One fake-score (ψ) step's gradients and statistics (tensors on the device, no graph).
+
+    The statistics carry the SFD engine's and env's public names (``SFDStepStats``, ``info``).
+    """
+
+    grads: tuple[torch.Tensor, ...]
+    """∇_ψ L_ψ, one tensor per fake-score parameter (empty when only the losses are asked for)."""
+    loss_psi_remain: torch.Tensor
+    """The remain part of L_ψ: mean‖ε − ε_ψ(γ_t x_g + σ_t ε, t, c)‖² on the remaining-class samples."""
+    loss_psi_forget: torch.Tensor
+    """The forget part of L_ψ (before its weight w_ψf), on the forget-class samples."""
+
+
+@dataclass(frozen=True)
 class SFDResult:
-    """One generator step's gradients and statistics (tensors on the device, no graph)."""
+    """One generator step's gradients and statistics (tensors on the device, no graph).
+
+    The statistics carry the SFD engine's and env's public names (``SFDStepStats``, ``info``).
+    """
 
     grads: tuple[torch.Tensor, ...]
     """∇_θ L_θ, one tensor per generator parameter."""
@@ -203,14 +222,14 @@ def fake_score_loss(
 
 def fake_score_step(
     unet, theta_params, psi_params, batch: SFDBatch, gamma, sigma, config: SFDConfig
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+) -> FakeScoreResult:
     """The ψ step's gradient ∇_ψ L_ψ on sg(x_g) (see :func:`fake_score_loss`).
 
     1. x_g = sg(G_θ(z, c)), x_g^f = sg(G_θ(z', c_f)): the generator's samples, no gradient to θ.
     2. L_ψ on them and ∇_ψ L_ψ (autograd for leaves that require grad, ``torch.func`` under ``vmap``).
 
     Returns:
-        (∇_ψ L_ψ one tensor per parameter of ``psi_params``, the remain part, the forget part of L_ψ).
+        ∇_ψ L_ψ (one tensor per parameter of ``psi_params``) and the remain and forget parts of L_ψ.
     """
     with torch.no_grad():  # 1.
         x_r = generator_sample(unet, theta_params, batch.z_remain, batch.c_remain, gamma, sigma, config.t_star)
@@ -223,7 +242,7 @@ def fake_score_step(
         return total, (remain.detach(), forget.detach())
 
     _, grads, (remain, forget) = gradient(loss, psi_params, has_aux=True)
-    return grads, remain, forget
+    return FakeScoreResult(grads, loss_psi_remain=remain, loss_psi_forget=forget)
 
 
 def sfd_generator_step(
@@ -284,4 +303,7 @@ def sfd_generator_step(
     c_f = as_scalar(2.0 * lam * config.forget_weight, loss_r)
     grads = tuple(gr * c_r + gf * c_f for gr, gf in zip(g_r, g_f))
     dloss = 2.0 * (config.forget_weight * loss_f - config.remain_weight * loss_r)
-    return SFDResult(grads, loss_r, loss_f, global_norm(g_r), global_norm(g_f), dloss)
+    return SFDResult(
+        grads, loss_remain=loss_r, loss_forget=loss_f, grad_remain_norm=global_norm(g_r),
+        grad_forget_norm=global_norm(g_f), dloss_dlam=dloss,
+    )  # fmt: skip
