@@ -13,7 +13,10 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("sf
 # on modules), one CPU thread, on a fresh initialisation of the tiny preset (seed 0; no training, so
 # the model's bits do not depend on the thread count or the order of the tests): the N-run engine
 # must reproduce it. On the machine that recorded it the match is exact; the tolerance leaves room
-# for another CPU's kernels.
+# for another CPU's float32 kernels, whose rounding 10 Adam steps amplify: on a Xeon with AVX-512
+# (torch 2.14.1, 2026-12-05) the observations differed by up to 7.5e-5 relative (2.6e-5 absolute)
+# and Σθ by 1.2e-5 relative. A semantic error (Adam's bias correction, a mixture weight, the wrong
+# teacher) moves them by 1e-3 or more.
 GOLDEN_OBS = [
     [0, 0, 0, 0, 0.5, 0],
     [0.0399787948, -0.047678005, 5.09491014, 0.209163263, 0.5, 0.100000001],
@@ -64,11 +67,11 @@ def test_sfd_v0_reproduces_the_one_run_engine(fresh_tiny_checkpoint):
         obs, r, _, _, _ = env.step(np.sin(i + 0.7 * np.arange(10)).astype(np.float32))
         trace.append(obs)
         rewards.append(r)
-    np.testing.assert_allclose(np.stack(trace), GOLDEN_OBS, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(trace), GOLDEN_OBS, rtol=3e-4, atol=1e-4)
     np.testing.assert_allclose(rewards, GOLDEN_REWARDS, rtol=1e-5, atol=1e-9)
     theta = torch.cat([p.detach().double().flatten() for p in env.unwrapped.engine.model().parameters()])
-    assert theta.sum().item() == pytest.approx(GOLDEN_PARAM_SUM, rel=1e-6)
-    assert theta.pow(2).sum().item() == pytest.approx(GOLDEN_PARAM_SQ, rel=1e-6)
+    assert theta.sum().item() == pytest.approx(GOLDEN_PARAM_SUM, rel=1e-4)
+    assert theta.pow(2).sum().item() == pytest.approx(GOLDEN_PARAM_SQ, rel=1e-5)
 
 
 KW = dict(batch_size=2, probe_size=1, device="cpu", horizon=6, lr=1e-3, action_mode="both")
