@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .record import EpisodeRecord
 
-__all__ = ["CURVE_METRICS", "add_curve_scores", "check_curve_steps", "curve_scores"]
+__all__ = ["CURVE_METRICS", "add_curve_scores", "check_curve_steps", "curve_scores", "forget_rates_at"]
 
 CURVE_METRICS = {"forget_auc": -1, "steps_to_half": -1, "steps_to_tenth": -1}
 """The scores of the forget curve, and the sign of "better" (all: lower is better)."""
@@ -77,3 +77,18 @@ def add_curve_scores(episodes: list[EpisodeRecord], start: float, horizon: int) 
     for e in episodes:
         if e.get("forget_curve"):
             e |= curve_scores(e["forget_curve"], start, horizon)  # type: ignore[arg-type]
+
+
+def forget_rates_at(result: dict, name: str) -> tuple[list[int], list[list[float]]]:
+    """The report's grid of a bench result's forget curves: (steps t = 0, the curve steps, T; per step the
+    F(t) of each of policy ``name``'s episodes), an episode that ended before t (diverged) holding its
+    last model's F. ``([], [])`` where the policy has no curves."""
+    episodes = [e for e in result["episodes"] if e.get("forget_curve")]
+    mine = [e for e in episodes if e["policy"] == name]
+    if not mine:
+        return [], []
+    start = result["pretrained"]["curve_forget_rate"]
+    horizon = max(int(e["forget_curve"][-1][0]) for e in episodes)  # T, unless every episode diverged
+    steps = sorted({0, *(int(t) for t in result["settings"].get("curve_steps", ())), horizon})
+    values = [[next((f for s, f in reversed(e["forget_curve"]) if s <= t), start) for e in mine] for t in steps]
+    return steps, values

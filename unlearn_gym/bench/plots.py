@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .aggregates import performance_profile
+from .curve import forget_rates_at
 from .stats import VERDICT_METRICS, confidence_interval
 
 __all__ = ["write_plots"]
@@ -57,18 +58,14 @@ def _profile_plot(result: dict, out: Path, plt) -> dict[str, Path]:
 def _forget_curve_plot(result: dict, out: Path, plt) -> dict[str, Path]:
     """forget_curve.png (with ``curve_steps``): each policy's mean F(t) ± 95% CI over its episodes at
     t = 0 (F⁰), the curve steps and T, with F⁰/2 and F⁰/10 marked; {} without curves."""
-    episodes = [e for e in result["episodes"] if e.get("forget_curve")]
-    if not episodes or result.get("pretrained") is None:
+    if result.get("pretrained") is None or not any(e.get("forget_curve") for e in result["episodes"]):
         return {}
     start = result["pretrained"]["curve_forget_rate"]
-    horizon = max(int(e["forget_curve"][-1][0]) for e in episodes)
-    steps = sorted({0, *(int(t) for t in result["settings"].get("curve_steps", ())), horizon})
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, name in enumerate(result["summary"]):
-        mine = [e for e in episodes if e["policy"] == name]
-        if not mine:
+        steps, at = forget_rates_at(result, name)
+        if not steps:
             continue
-        at = [[next((f for s, f in reversed(e["forget_curve"]) if s <= t), start) for e in mine] for t in steps]
         mean = np.array([np.mean(v) for v in at])
         half = np.nan_to_num(np.array([confidence_interval(v)[1] for v in at]))
         ax.plot(steps, mean, marker="o", ms=3, color=f"C{k}", lw=1.8, label=name)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .curve import forget_rates_at
 from .plots import write_plots
 from .stats import FIDELITY_METRICS, SPREAD_METRIC, VERDICT_METRICS, confidence_interval
 
@@ -96,9 +97,7 @@ def _curve_lines(result: dict) -> list[str]:
     rows = {n: row for n, row in result["summary"].items() if "forget_auc" in row}
     if not rows:
         return []
-    episodes = [e for e in result["episodes"] if e.get("forget_curve")]
-    horizon = max(int(e["forget_curve"][-1][0]) for e in episodes)  # T, unless every episode diverged
-    steps = sorted({*(int(t) for t in result["settings"].get("curve_steps", ())), horizon})
+    steps = forget_rates_at(result, next(iter(rows)))[0][1:]  # the curve steps and T (F(0) = F⁰ is in the text)
     start = result["pretrained"]["curve_forget_rate"]
     lines = [
         "",
@@ -111,11 +110,8 @@ def _curve_lines(result: dict) -> list[str]:
         "|---|" + "---|" * (len(steps) + 3),
     ]
     for name, row in rows.items():
-        mine = [e for e in episodes if e["policy"] == name]
-        at = []
-        for t in steps:  # an episode that ended before t (diverged) keeps its last model
-            values = [next((f for s, f in reversed(e["forget_curve"]) if s <= t), start) for e in mine]
-            at.append(_fmt(dict(zip(("mean", "ci95"), confidence_interval(values)))))
+        values = forget_rates_at(result, name)[1][1:]
+        at = [_fmt(dict(zip(("mean", "ci95"), confidence_interval(v)))) for v in values]
         n = row["forget_auc"]["n"]
         half = f"{_fmt(row['steps_to_half'], 1)} ({row.get('reached_half', 0)}/{n})"
         tenth = f"{_fmt(row['steps_to_tenth'], 1)} ({row.get('reached_tenth', 0)}/{n})"
