@@ -48,6 +48,24 @@ SEEDS = 200
 """Episodes of the killed bench: far more than run before the signal."""
 
 
+def _default_signals() -> None:
+    """In the bench's child process before exec: SIGINT and SIGTERM at their default dispositions and
+    unblocked, as a shell gives them, whatever the test process inherited or set (a process started
+    with SIGINT ignored keeps ignoring it: Python's convention for background jobs)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _signal_masks(pid: int) -> dict[str, str]:
+    """SigBlk, SigIgn and SigCgt of /proc/PID/status (for a failure's message)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split(":\t") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def _episode_lines(path: Path) -> int:
     return max(path.read_bytes().count(b"\n") - 1, 0) if path.is_file() else 0  # less the header
 
@@ -67,7 +85,8 @@ def test_a_killed_bench_leaves_no_worker_processes(tmp_path, sig):
     argv += ["--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # as from a terminal: SIGINT and SIGTERM at their defaults, whatever this process inherited
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_default_signals)
     try:
         t0 = time.monotonic()
         while _episode_lines(tmp_path / "episodes.jsonl") < 1:  # the workers are running episodes
@@ -78,8 +97,12 @@ def test_a_killed_bench_leaves_no_worker_processes(tmp_path, sig):
         assert proc.poll() is None, "bench ended before it could be killed"
         spawned = [p for p, _ in workers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(spawned) >= 2, f"expected 2 spawned workers, got {workers}"
+        masks = _signal_masks(proc.pid)
         os.kill(proc.pid, getattr(signal, sig))
-        rc = proc.wait(timeout=30)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the bench did not end within 30 s of {sig}; its signal masks: {masks}") from None
         t1 = time.monotonic()
         while (left := [w for w in workers if _alive(*w)]) and time.monotonic() - t1 < 60:
             time.sleep(0.1)
