@@ -471,6 +471,4 @@ class _BatchState:
     @classmethod
     def start(cls, k: int) -> _BatchState:
         empty = lambda: [[] for _ in range(k)]  # noqa: E731
-        state = cls(k, empty(), empty(), [{} for _ in range(k)], [True] * k)
-        state.curves, state.curve_seconds = empty(), [0.0] * k
-        return state
+        return cls(k, empty(), empty(), [{} for _ in range(k)], [True] * k, curves=empty(), curve_seconds=[0.0] * k)

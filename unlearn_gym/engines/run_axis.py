@@ -116,9 +116,8 @@ class StatsLayout:
     names: tuple[str, ...]
     """The statistics in ``stats_class`` order: the columns of the engine's stats tensor."""
     result_paths: dict[str, tuple[str, ...]]
-    """name → attribute path in the objective's result of the statistics read from it."""
-    engine_names: tuple[str, ...]
-    """The statistics the engine supplies itself."""
+    """name → attribute path in the objective's result of the statistics read from it (the others the
+    engine supplies itself)."""
 
     @classmethod
     def build(cls, stats_class: type[HostStats], result_class: type, engine_names: tuple[str, ...]) -> StatsLayout:
@@ -143,7 +142,7 @@ class StatsLayout:
                 f"{', '.join(provided)}) or of the engine ({', '.join(engine_names)}), got {missing}"
             )
         result_paths = {n: provided[n] for n in names if n in provided}
-        return cls(names, result_paths, tuple(n for n in names if n in engine_names))
+        return cls(names, result_paths)
 
     def from_result(self, result, part: str | None = None) -> dict[str, torch.Tensor]:
         """name → the result's tensor (no copy) for every statistic read from the objective's result.
