@@ -23,16 +23,31 @@ def _bench_workers(workers: int, device: str) -> int:
     return 1 if str(device).startswith("cuda") else max(1, min(os.cpu_count() or 1, 8))
 
 
-def _bench_env_kwargs(args: argparse.Namespace) -> dict:
-    """The env's keywords: the main job's (``BENCH_ENV_KWARGS``), ``--env-kwargs`` and the explicit options."""
-    from ..bench import BENCH_ENV_KWARGS
+def _bench_task(args: argparse.Namespace):
+    """``--task``'s :class:`~unlearn_gym.tasks.Task` (None without one); refuses a ``--checkpoint`` beside it."""
+    if args.task is None:
+        return None
+    from ..tasks import get_task
 
-    env_kwargs = {**BENCH_ENV_KWARGS, **_json_arg(args.env_kwargs, "--env-kwargs")}
+    if args.checkpoint:
+        raise ValueError(f"--task {args.task} brings its own model; drop --checkpoint {args.checkpoint}")
+    return get_task(args.task)
+
+
+def _bench_env_kwargs(args: argparse.Namespace, task=None) -> dict:
+    """The env's keywords: the main job's (``BENCH_ENV_KWARGS``), the task's, ``--env-kwargs`` and the explicit options."""
+    from ..bench import BENCH_ENV_KWARGS
+    from ..tasks import require_built
+
+    task_kwargs = {} if task is None else dict(task.env_kwargs)
+    env_kwargs = {**BENCH_ENV_KWARGS, **task_kwargs, **_json_arg(args.env_kwargs, "--env-kwargs")}
     for key in ("horizon", "batch_size", "lr", "action_mode"):
         if getattr(args, key) is not None:
             env_kwargs[key] = getattr(args, key)
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
+    elif task is not None and task.model is not None:
+        env_kwargs["checkpoint"] = str(require_built(task))
     env_kwargs["device"] = _resolve_device(args.device)
     return env_kwargs
 
@@ -49,14 +64,27 @@ def _bench_policies(text: str) -> dict:
     return policies
 
 
-def _bench_config(args: argparse.Namespace, env_kwargs: dict):
-    """The :class:`~unlearn_gym.bench.BenchConfig` of the options."""
+def _bench_retrained(args: argparse.Namespace, task=None) -> str | None:
+    """``--retrained``: a model directory, None for 'none'; 'bundled' with ``--task``: the task's reference."""
+    if args.retrained.lower() == "none":
+        return None
+    if args.retrained == "bundled" and task is not None and task.model is not None:
+        from ..assets import bundled_retrained_dir
+
+        return str(bundled_retrained_dir()) if task.retrained == "bundled" else None
+    return args.retrained
+
+
+def _bench_config(args: argparse.Namespace, env_kwargs: dict, task=None):
+    """The :class:`~unlearn_gym.bench.BenchConfig` of the options (and of ``--task``'s episodes where they say none)."""
     from ..bench import BENCH_SEEDS, BenchConfig
     from ..splits import SPLITS
 
     split = SPLITS[args.split]
-    seeds = split.first_seeds(args.seeds or BENCH_SEEDS) if args.seed_list is None else tuple(args.seed_list)
-    instances = (None,) if not args.instances else split.first_instances(args.instances)
+    n_seeds = args.seeds or (task.seeds if task is not None else BENCH_SEEDS)
+    seeds = split.first_seeds(n_seeds) if args.seed_list is None else tuple(args.seed_list)
+    n_instances = args.instances if args.instances is not None else (task.instances if task is not None else 0)
+    instances = (None,) if not n_instances else split.first_instances(n_instances)
     return BenchConfig(
         env_id=args.env,
         env_kwargs=env_kwargs,
@@ -69,7 +97,7 @@ def _bench_config(args: argparse.Namespace, env_kwargs: dict):
         eval_seed=args.eval_seed,
         metrics=args.metrics,
         classifier=args.classifier,
-        retrained=None if args.retrained.lower() == "none" else args.retrained,
+        retrained=_bench_retrained(args, task),
         reference=None if args.reference.lower() == "none" else args.reference,
         workers=_bench_workers(args.workers, env_kwargs["device"]),
         robustness=args.robustness,
@@ -100,10 +128,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise SystemExit(f"error: --resume {args.resume} continues the run in that folder; drop --out {args.out}")
     out = args.resume or args.out or "runs/bench"
-    env_kwargs = _bench_env_kwargs(args)
     try:
+        task = _bench_task(args)
+        env_kwargs = _bench_env_kwargs(args, task)
         policies = _bench_policies(args.policies)
-        config = _bench_config(args, env_kwargs)
+        config = _bench_config(args, env_kwargs, task)
         t0 = time.perf_counter()
         log_path = Path(out) / EPISODE_LOG
         result = run_benchmark(

@@ -11,6 +11,7 @@ from .benchmark import cmd_bench
 from .evaluate import cmd_evaluate
 from .perf import cmd_perf
 from .pretrain import cmd_pretrain, cmd_train_classifier
+from .tasks import cmd_tasks
 from .train import cmd_sweep, cmd_train
 from .unlearn import cmd_unlearn
 
@@ -304,8 +305,14 @@ def _add_bench_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--instances",
         type=int,
-        default=0,
-        help="forget-subset instances: the split's first N (0: the whole forget set)",
+        default=None,
+        help="forget-subset instances: the split's first N (0: the whole forget set; default: the task's, else 0)",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        help="a task of the declared set (unlearn-gym tasks): its model, settings, seeds and instances, which the "
+        "explicit options override",
     )
 
 
@@ -441,6 +448,21 @@ def _add_perf(command: _Command) -> None:
     p.set_defaults(func=cmd_perf)
 
 
+def _add_tasks(command: _Command) -> None:
+    """``unlearn-gym tasks [build NAME ...]``."""
+    p = command(
+        "tasks",
+        "list the declared task set, or build its models (tasks build NAME ...)",
+        "device",
+        "threads",
+        "progress",
+        "json",
+    )
+    p.add_argument("action", nargs="?", default="list", choices=["list", "build"], help="list (default) or build")
+    p.add_argument("names", nargs="*", default=[], help="build: the tasks whose models to make ('all': every one)")
+    p.set_defaults(func=cmd_tasks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``unlearn-gym`` parser: one subcommand per command, the shared options from :func:`_shared_options`."""
     parser = argparse.ArgumentParser(
@@ -461,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_sweep,
         _add_perf,
+        _add_tasks,
     ):
         add(command)
     return parser

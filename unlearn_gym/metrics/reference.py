@@ -90,11 +90,9 @@ class ReferenceEvaluation:
 
 def reference_cache_dir() -> Path:
     """``$UNLEARN_GYM_CACHE/reference``, else ``$XDG_CACHE_HOME/unlearn-gym/reference`` (default ``~/.cache``)."""
-    root = os.environ.get("UNLEARN_GYM_CACHE")
-    if root:
-        return Path(root) / "reference"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "unlearn-gym" / "reference"
+    from ..cache import cache_dir
+
+    return cache_dir("reference")
 
 
 def _sha256(path: Path) -> str:
