@@ -88,13 +88,13 @@ def _bench_args(*argv):
 
 def test_bench_task_sets_the_model_settings_seeds_instances_and_reference(tmp_path, monkeypatch):
     from unlearn_gym.assets import bundled_retrained_dir
-    from unlearn_gym.cli.benchmark import _bench_config, _bench_env_kwargs, _bench_task
+    from unlearn_gym.cli.benchmark import _bench_config, _bench_env_kwargs, _bench_tasks
 
     monkeypatch.setenv("UNLEARN_GYM_CACHE", str(tmp_path))
 
     def resolved(*argv):
         args = _bench_args(*argv)
-        task = _bench_task(args)
+        (task,) = _bench_tasks(args)
         env_kwargs = _bench_env_kwargs(args, task)
         return env_kwargs, _bench_config(args, env_kwargs, task)
 
@@ -135,3 +135,32 @@ def test_the_tasks_command_lists_the_set_and_what_is_built(tmp_path, monkeypatch
         main(["tasks", "build", "nope"])
     with pytest.raises(SystemExit, match="tasks build needs task names"):
         main(["tasks", "build"])
+
+
+def test_bench_over_several_tasks_writes_each_report_and_the_task_set_table(tmp_path, capsys):
+    from unlearn_gym.cli import main
+
+    argv = ["bench", "--task", "trousers-T25,trousers-k16", "--policies", "static:0.5,static:0.9", "--seeds", "1"]
+    argv += ["--env-kwargs", '{"probe_size": 1, "sample_forget": 4, "sample_retain": 1, "sample_ddim_steps": 2}']
+    argv += ["--batch-size", "2", "--horizon", "2", "--samples", "1", "--contaminated-samples", "4"]
+    argv += ["--ddim-steps", "2", "--device", "cpu", "--retrained", "none", "--bootstrap-reps", "50"]
+    argv += ["--threads", "1", "--workers", "1", "--no-progress", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary) == ["trousers-T25", "trousers-k16"]
+    assert summary["trousers-T25"]["static:0.9"]["forget_rate"]["n"] == 1
+    assert summary["trousers-k16"]["static:0.9"]["forget_rate"]["n"] == 4  # 1 seed x the task's 4 instances
+    k16 = json.loads((tmp_path / "trousers-k16" / "bench.json").read_text())
+    assert k16["settings"]["env_kwargs"]["forget_subset"] == 16 and k16["task"] == "trousers-k16"
+    assert {e["instance"] for e in k16["episodes"]} == {0, 1, 2, 3}
+    table = (tmp_path / "tasks.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| trousers")]
+    assert [r.split(" | ")[1] for r in rows] == ["pretrained", "static:0.5", "static:0.9"] * 2
+    assert rows[1].endswith("| (reference) | (reference) |")
+    diff = k16["summary"]["static:0.9"]["vs_reference"]["forget_rate"]["diff"]
+    assert f"| {diff:+.3f} ± " in rows[5]
+    # resumed: every episode is in the logs, so nothing runs again and the table is the same
+    assert main(argv[: argv.index("--out")] + ["--resume", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "resume: 2 of 2 episodes already in" in err and "resume: 8 of 8 episodes already in" in err
+    assert [line for line in (tmp_path / "tasks.md").read_text().splitlines() if line.startswith("| trousers")] == rows

@@ -27,7 +27,7 @@ from .aggregates import aggregate_statistics
 from .config import BENCH_ENV_KWARGS, BENCH_SEEDS, DEFAULT_POLICIES, BenchConfig
 from .episodes import EpisodeRunner
 from .record import EPISODE_LOG, EpisodeOutcome, EpisodeRecord, read_episode_log
-from .report import json_summary, to_markdown, write_report
+from .report import json_summary, task_set_markdown, to_markdown, write_report, write_task_set_report
 from .runner import fidelity_by_episode, run_benchmark
 from .stats import (
     FIDELITY_METRICS,
@@ -76,8 +76,10 @@ __all__ = [
     "run_benchmark",
     "sample_intervals",
     "spread_vs_reference",
+    "task_set_markdown",
     "to_markdown",
     "verdict",
     "worst_class_drop",
     "write_report",
+    "write_task_set_report",
 ]

@@ -12,7 +12,7 @@ from .curve import forget_rates_at
 from .plots import write_plots
 from .stats import FIDELITY_METRICS, SPREAD_METRIC, VERDICT_METRICS, confidence_interval
 
-__all__ = ["json_summary", "to_markdown", "write_report"]
+__all__ = ["json_summary", "task_set_markdown", "to_markdown", "write_report", "write_task_set_report"]
 
 
 def _fmt(cell: dict | None, digits: int = 3) -> str:
@@ -514,3 +514,51 @@ def _jsonable(x):
     if isinstance(x, np.generic):
         return _jsonable(x.item())
     return x
+
+
+def task_set_markdown(results: dict[str, dict], command: str | None = None) -> str:
+    """``tasks.md``: one table over the task set (:mod:`unlearn_gym.tasks`): per task its reference rows
+    and each policy's forget rate, retain accuracy and F + β·D⁺ (mean ± 95% CI over its episodes), with
+    the forget rate's and F + β·D⁺'s paired difference from the task's reference policy and the verdict
+    (Holm within the task's own report)."""
+    lines = ["# unlearn-gym bench: the task set", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        "| task | policy | n | forget_rate ↓ | retain_accuracy ↑ | F + β·D⁺ ↓ | F vs reference | F + β·D⁺ vs reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, result in results.items():
+        for label, key in (("pretrained", "pretrained"), ("retrained", "retrained")):
+            ref = result.get(key)
+            if ref:
+                cells = " | ".join(_reference_cell(ref, m) for m in ("forget_rate", "retain_accuracy"))
+                lines.append(f"| {task} | {label} | – | {cells} | – | – | – |")
+        reference = result["settings"].get("reference")
+        for name, row in result["summary"].items():
+            pair = row.get("vs_reference") or {}
+            verdicts = []
+            for metric in ("forget_rate", "adjusted_forget_rate"):
+                cell = pair.get(metric)
+                if name == reference:
+                    verdicts.append("(reference)")
+                elif cell is None:
+                    verdicts.append("–")
+                else:
+                    holm = "" if cell.get("verdict_holm", cell["verdict"]) == cell["verdict"] else ", not under Holm"
+                    verdicts.append(f"{_pair_cell(pair, metric)} ({cell['verdict']}{holm})")
+            lines.append(
+                f"| {task} | {name} | {row['forget_rate']['n']} | {_fmt(row.get('forget_rate'))} | "
+                f"{_fmt(row.get('retain_accuracy'))} | {_fmt(row.get('adjusted_forget_rate'))} | {' | '.join(verdicts)} |"
+            )
+    seconds = sum(r.get("seconds", 0.0) for r in results.values())
+    lines += ["", f"{len(results)} tasks, {seconds:.0f} s; each task's full report in its own folder (bench.md)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_task_set_report(results: dict[str, dict], out: str | Path, command: str | None = None) -> Path:
+    """Write :func:`task_set_markdown` to ``out/tasks.md`` and return its path."""
+    path = Path(out) / "tasks.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(task_set_markdown(results, command))
+    return path

@@ -23,15 +23,19 @@ def _bench_workers(workers: int, device: str) -> int:
     return 1 if str(device).startswith("cuda") else max(1, min(os.cpu_count() or 1, 8))
 
 
-def _bench_task(args: argparse.Namespace):
-    """``--task``'s :class:`~unlearn_gym.tasks.Task` (None without one); refuses a ``--checkpoint`` beside it."""
+def _bench_tasks(args: argparse.Namespace) -> list:
+    """``--task``'s :class:`~unlearn_gym.tasks.Task` list (comma-separated names, or 'all'); [None] without one.
+    Refuses a ``--checkpoint`` beside it."""
     if args.task is None:
-        return None
-    from ..tasks import get_task
+        return [None]
+    from ..tasks import TASKS, get_task
 
     if args.checkpoint:
         raise ValueError(f"--task {args.task} brings its own model; drop --checkpoint {args.checkpoint}")
-    return get_task(args.task)
+    names = list(TASKS) if args.task == "all" else [n.strip() for n in args.task.split(",") if n.strip()]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"--task: expected distinct task names or 'all', got {args.task!r}")
+    return [get_task(n) for n in names]
 
 
 def _bench_env_kwargs(args: argparse.Namespace, task=None) -> dict:
@@ -114,13 +118,41 @@ def _bench_config(args: argparse.Namespace, env_kwargs: dict, task=None):
     )
 
 
+def _run_one(args: argparse.Namespace, task, out: str, command: str, of_set: bool) -> tuple[dict, dict]:
+    """One bench run (one task, or the options alone) into ``out``: its result and report paths. With
+    ``--resume``, a task of a set (``of_set``) that had not started yet starts afresh."""
+    from ..bench import EPISODE_LOG, run_benchmark, write_report
+
+    env_kwargs = _bench_env_kwargs(args, task)
+    policies = _bench_policies(args.policies)
+    config = _bench_config(args, env_kwargs, task)
+    if task is not None:
+        print(f"bench: task {task.name} ({task.summary}) into {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    result = run_benchmark(
+        policies,
+        config,
+        progress=not args.no_progress,
+        log_path=Path(out) / EPISODE_LOG,
+        resume=bool(args.resume) and (not of_set or (Path(out) / EPISODE_LOG).is_file()),
+        record=args.record,
+    )
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if task is not None:
+        result["task"] = task.name
+    paths = write_report(result, out, command)
+    print(f"bench: {result['seconds']:.0f} s; report in {paths['markdown']}", file=sys.stderr)
+    return result, paths
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark, logging every episode to OUT/episodes.jsonl, and write the report into OUT."""
+    """Run the benchmark, logging every episode to OUT/episodes.jsonl, and write the report into OUT; with
+    several tasks, each task's run into OUT/TASK and the task set's table into OUT/tasks.md."""
     import shlex
 
     from gymnasium.error import DependencyNotInstalled
 
-    from ..bench import EPISODE_LOG, json_summary, run_benchmark, write_report
+    from ..bench import json_summary, write_task_set_report
 
     _set_threads(args.threads)
     if args.address is not None and args.backend != "ray":
@@ -128,21 +160,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise SystemExit(f"error: --resume {args.resume} continues the run in that folder; drop --out {args.out}")
     out = args.resume or args.out or "runs/bench"
+    command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
+    results = {}
     try:
-        task = _bench_task(args)
-        env_kwargs = _bench_env_kwargs(args, task)
-        policies = _bench_policies(args.policies)
-        config = _bench_config(args, env_kwargs, task)
-        t0 = time.perf_counter()
-        log_path = Path(out) / EPISODE_LOG
-        result = run_benchmark(
-            policies,
-            config,
-            progress=not args.no_progress,
-            log_path=log_path,
-            resume=bool(args.resume),
-            record=args.record,
-        )
+        tasks = _bench_tasks(args)
+        for task in tasks:
+            of_set = len(tasks) > 1
+            task_out = str(Path(out) / task.name) if of_set else out
+            results[None if task is None else task.name] = _run_one(args, task, task_out, command, of_set)
     except (ValueError, FileNotFoundError, ConnectionError, DependencyNotInstalled) as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:  # Ctrl-C: the worker processes are stopped; the logged episodes stay
@@ -151,12 +176,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    command = "unlearn-gym " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
-    paths = write_report(result, out, command)
-    print(f"bench: {result['seconds']:.0f} s; report in {paths['markdown']}", file=sys.stderr)
+    if len(tasks) == 1:
+        result, paths = next(iter(results.values()))
+        print(json.dumps(json_summary(result)) if args.json else paths["markdown"].read_text())
+        return 0
+    table = write_task_set_report({name: result for name, (result, _) in results.items()}, out, command)
     if args.json:
-        print(json.dumps(json_summary(result)))
+        print(json.dumps({name: json_summary(result) for name, (result, _) in results.items()}))
     else:
-        print(paths["markdown"].read_text())
+        print(table.read_text())
     return 0
