@@ -36,6 +36,7 @@ def to_markdown(result: dict, command: str | None = None) -> str:
     lines += _worst_class_lines(result)
     lines += _verdict_lines(result)
     lines += _spread_lines(result)
+    lines += _training_seed_lines(result)
     lines += _agreement_lines(result)
     if any(row.get("iqm") for row in result["summary"].values()):
         lines += ["", _aggregates_markdown(result)]
@@ -242,6 +243,36 @@ def _fidelity_lines(result: dict) -> list[str]:
     return lines
 
 
+def _training_seed_lines(result: dict) -> list[str]:
+    """Training seeds as a factor (:mod:`unlearn_gym.bench.factors`): per group of agents of one recipe,
+    each metric's per-agent means, the mean over training seeds with its interval over the agents, the
+    between/within spread with the ANOVA p-value, and the paired difference from the reference."""
+    groups = result.get("training_seeds") or {}
+    if not groups:
+        return []
+    reference = result["settings"].get("reference")
+    lines = [
+        "",
+        "Training seeds as a factor: agents of one recipe trained with different seeds. Mean over training seeds "
+        "± 95% CI over the k agents' means (t, k − 1 df); s.d. between agents' means and within (episodes); "
+        f"ANOVA p (H₀: the seed does not matter); vs {reference}: paired over the episodes every agent ran, the "
+        "agents averaged.",
+        "",
+        "| group | metric | per agent | mean over seeds | s.d. between / within | ANOVA p | vs reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, metrics in groups.items():
+        for metric, c in metrics.items():
+            per_agent = ", ".join(f"{v:.3f}" for v in c["per_agent"].values())
+            vs = c.get("vs_reference")
+            vs_cell = f"{vs['diff']:+.3f} ± {vs['ci95']:.3f} ({vs['verdict']})" if vs else "–"
+            lines.append(
+                f"| {group} | {metric} | {per_agent} | {_fmt(c)} | {c['sd_between']:.3f} / {c['sd_within']:.3f} | "
+                f"{c['p']:.3g} | {vs_cell} |"
+            )
+    return lines
+
+
 def _reference_cell(ref: dict, metric: str) -> str:
     """A reference row's figure, with its interval over the row's own samples where there is one."""
     if metric not in ref:
@@ -428,6 +459,8 @@ def json_summary(result: dict) -> dict:
             }
             if "intervals" in ref:
                 out[key]["intervals"] = {m: {k: _finite(v) for k, v in c.items()} for m, c in ref["intervals"].items()}
+    if result.get("training_seeds"):
+        out["training_seeds"] = _jsonable(result["training_seeds"])
     for name, row in result["summary"].items():
         out[name] = {
             k: {"mean": _finite(row[k]["mean"]), "ci95": _finite(row[k]["ci95"]), "n": row[k]["n"]}

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .aggregates import aggregate_statistics
+from .factors import training_seed_factor, training_seed_groups
 from .config import BenchConfig, Unit
 from .curve import add_curve_scores
 from .episodes import EpisodeRunner
@@ -133,6 +134,9 @@ def run_benchmark(
 
     summary = _summary(episodes, names, config, refs.pretrained, runner.contaminated_label, robust is not None)
     result = _result(runner, names, refs, summary, episodes, warnings)
+    groups = training_seed_groups(policies)
+    if groups:
+        result["training_seeds"] = training_seed_factor(episodes, groups, config.reference)
     if pretrained_robustness is not None:
         result["pretrained_robustness"] = pretrained_robustness
     if retrained_robustness is not None:
