@@ -199,6 +199,12 @@ class SISSEnv(UnlearningEnv):
     ``reset(options={"instance": i})`` selects instance i: the forget subset (with
     ``forget_subset``) drawn from seed i; a reset without it uses the whole forget set.
 
+    Reset seeds and instances are split for training, tuning and reporting (:mod:`unlearn_gym.splits`):
+    train seeds 0 … 2³² − 1 and instances 0–999, validation seeds 2³² … 2³² + 999,999 and instances
+    1,000–1,999, test seeds 2³² + 1,000,000 … 2³² + 1,999,999 and instances 2,000–2,999. The declared
+    task set (:mod:`unlearn_gym.tasks`: the budget track, forget subsets of k = 16 and 64, 50%
+    contamination, mislabelled 7s) is this env with the keywords and models each task names.
+
     ## Version History
 
     - v0: initial version (before the first release the degradation term became an increment,
