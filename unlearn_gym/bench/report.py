@@ -443,7 +443,8 @@ def json_summary(result: dict) -> dict:
     {forget_rate, retain_accuracy, per_label_accuracy, intervals (:func:`sample_intervals`)} for the
     model at reset, and ``retrained``
     likewise for the model retrained without the forget set (with ``retain_fid_retrained``,
-    ``retain_kid_retrained``, as every policy has them, when it is the reference)."""
+    ``retain_kid_retrained``, as every policy has them, when it is the reference); ``training_seeds``
+    where agents of one recipe ran (:func:`~unlearn_gym.bench.factors.training_seed_factor`)."""
     out = {}
     for key in ("pretrained", "retrained"):
         ref = result.get(key)

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from .aggregates import aggregate_statistics
-from .factors import training_seed_factor, training_seed_groups
 from .config import BenchConfig, Unit
 from .curve import add_curve_scores
 from .episodes import EpisodeRunner
+from .factors import training_seed_factor, training_seed_groups
 from .ray_backend import check_address, require_ray, run_on_ray
 from .record import EpisodeLog, EpisodeOutcome, EpisodeRecord, log_settings
 from .recording import check_new_datasets, require_minari, write_datasets
