@@ -26,8 +26,8 @@ reset seeds from its seed range, like every task's.
 The two "built" models are reproducible, not shipped: :func:`build_task_model` (``unlearn-gym tasks
 build NAME``) pretrains each with the bundled model's recipe (``tiny`` preset, 4,000 steps, seed 0;
 ``docs/results.md`` §1) into the cache, ``$UNLEARN_GYM_CACHE/models`` (else
-``$XDG_CACHE_HOME/unlearn-gym/models``), about 20 minutes on one CPU thread each. ``trousers-c50``
-shares the default scenario's retain set (the same 4,500 digits), so the bundled model retrained
+``$XDG_CACHE_HOME/unlearn-gym/models``), about 25 minutes on one CPU thread each (1,470 s measured,
+``docs/results.md`` §15). ``trousers-c50`` shares the default scenario's retain set (the same 4,500 digits), so the bundled model retrained
 without the trousers is its exact-unlearning reference too; ``mislabelled-7s`` has its own
 classifier (10 classes: the 7s are a digit) and no retrained reference.
 """
@@ -197,7 +197,7 @@ def require_built(task: Task, cache_dir: str | Path | None = None) -> Path:
     if not is_built(task, cache_dir):
         raise FileNotFoundError(
             f"task {task.name}'s model is not built ({path}): run `unlearn-gym tasks build {task.name}` "
-            "(about 20 minutes on one CPU thread; set UNLEARN_GYM_CACHE to build elsewhere)"
+            "(about 25 minutes on one CPU thread; set UNLEARN_GYM_CACHE to build elsewhere)"
         )
     return path
 
