@@ -27,9 +27,9 @@ The two "built" models are reproducible, not shipped: :func:`build_task_model` (
 build NAME``) pretrains each with the bundled model's recipe (``tiny`` preset, 4,000 steps, seed 0;
 ``docs/results.md`` §1) into the cache, ``$UNLEARN_GYM_CACHE/models`` (else
 ``$XDG_CACHE_HOME/unlearn-gym/models``), about 25 minutes on one CPU thread each (1,470 s measured,
-``docs/results.md`` §15). ``trousers-c50`` shares the default scenario's retain set (the same 4,500 digits), so the bundled model retrained
-without the trousers is its exact-unlearning reference too; ``mislabelled-7s`` has its own
-classifier (10 classes: the 7s are a digit) and no retrained reference.
+``docs/results.md`` §15). ``trousers-c50`` shares the default scenario's retain set (the same 4,500
+digits), so the bundled model retrained without the trousers is its exact-unlearning reference too;
+``mislabelled-7s`` has its own classifier (10 classes: the 7s are a digit) and no retrained reference.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class ModelRecipe:
         return key if not self.own_classifier or self.classifier_epochs == 12 else f"{key}-e{self.classifier_epochs}"
 
     def commands(self, out: str | Path) -> list[str]:
-        """The ``unlearn-gym`` command lines that make the model in ``out`` (what :func:`build_task_model` runs)."""
+        """The ``unlearn-gym`` command lines that make the same model in ``out`` as :func:`build_task_model` does
+        (it calls the same functions in-process, with the thread count of ``tasks build --threads``)."""
         scenario = f"--scenario {self.scenario} --contamination {self.contamination:g}"
         lines = [
             f"unlearn-gym pretrain {scenario} --preset {self.preset} --steps {self.steps} --seed {self.seed} "

@@ -103,11 +103,9 @@ def training_seed_factor(
             mean, half = confidence_interval(list(means.values()))
             cell = {"per_agent": means, "mean": mean, "ci95": half, "k": len(members)}
             cell |= _anova(list(values.values()))
-            shared = [
-                u for u in ref if all(u in rows and rows[u].get(metric) is not None for rows in by_agent.values())
-            ]
-            shared = [u for u in shared if ref[u].get(metric) is not None]
-            if reference and reference not in members and len(shared) >= 2:
+            rows_with_metric = [ref, *by_agent.values()]
+            shared = [u for u in ref if all(u in rows and rows[u].get(metric) is not None for rows in rows_with_metric)]
+            if reference not in members and len(shared) >= 2:
                 group_mean = [float(np.mean([by_agent[m][u][metric] for m in members])) for u in shared]
                 diff, half_d = paired_difference(group_mean, [ref[u][metric] for u in shared])
                 cell["vs_reference"] = {
